@@ -1,0 +1,5 @@
+import sys
+
+from seesr.cli import main
+
+sys.exit(main())
