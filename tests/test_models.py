@@ -161,9 +161,17 @@ def test_sd2_size_key_set_and_parameter_counts():
     # non-RCA keys are exactly the stock diffusers ones; RCA keys exactly the official patterns (spec §2.5)
     unet_sd = {k: list(v.shape) for k, v in unet.state_dict().items()}
     assert {k for k in unet_sd if not rca(k)} == set(stock_unet.state_dict())
-    down = [(f"down_blocks.{b}.image_attentions.{i}", c) for b, c in ((0, 320), (1, 640), (2, 1280)) for i in (0, 1)]
+    down = [
+        (f"down_blocks.{b}.image_attentions.{i}", c)
+        for b, c in ((0, 320), (1, 640), (2, 1280))
+        for i in (0, 1)
+    ]
     mid = [("mid_block.image_attentions.0", 1280)]
-    up = [(f"up_blocks.{b}.image_attentions.{i}", c) for b, c in ((1, 1280), (2, 640), (3, 320)) for i in (0, 1, 2)]
+    up = [
+        (f"up_blocks.{b}.image_attentions.{i}", c)
+        for b, c in ((1, 1280), (2, 640), (3, 320))
+        for i in (0, 1, 2)
+    ]
     expected = _rca_keys(*zip(*(down + mid + up)))
     assert {k: v for k, v in unet_sd.items() if rca(k)} == expected
 
@@ -251,7 +259,9 @@ def test_controlnet_from_unet_copies_encoder_and_zero_inits_outputs(tiny):
     for k in copied:
         assert torch.equal(csd[k], usd[k]), k
     for k in csd:
-        if k.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+        if k.startswith(
+            ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+        ):
             assert not csd[k].any(), k
 
 
@@ -267,12 +277,17 @@ def test_turbo_assembly_takes_each_key_from_the_right_file(fixtures_dir):
     assert len(rca_keys) == 286
     for k, v in sd.items():
         src = seesr_sd if k in rca_keys else base_sd
-        assert provenance[k].endswith(("seesr-tiny/unet/diffusion_pytorch_model.safetensors"
-                                       if k in rca_keys else "sd2turbo-tiny/unet/diffusion_pytorch_model.safetensors"))
+        assert provenance[k].endswith(
+            "seesr-tiny/unet/diffusion_pytorch_model.safetensors"
+            if k in rca_keys
+            else "sd2turbo-tiny/unet/diffusion_pytorch_model.safetensors"
+        )
         assert torch.equal(v, src[k]), k
     assert model.config.use_image_cross_attention is True
 
 
 def test_turbo_assembly_reports_missing_rca(fixtures_dir, tmp_path):
     with pytest.raises(WeightsError, match="286 missing key"):
-        SeeSRUNet.from_base_and_rca(fixtures_dir / "sd2turbo-tiny" / "unet", fixtures_dir / "sd2turbo-tiny" / "unet")
+        SeeSRUNet.from_base_and_rca(
+            fixtures_dir / "sd2turbo-tiny" / "unet", fixtures_dir / "sd2turbo-tiny" / "unet"
+        )
