@@ -1,0 +1,177 @@
+"""Colour correction of the super-resolved image against the upscaled LR (spec §1.9, §9 item 22).
+
+SeeSR ends inference by transferring the colour statistics of the condition image (the bicubic-upscaled LR,
+``lr_up``) onto the generated image, because the diffusion output drifts in colour:
+
+* ``adain``: per-channel mean / standard deviation matching (unbiased variance + 1e-5), the official default;
+* ``wavelet``: keep the high frequencies of the output (5-level à-trous decomposition with a dilated 3x3
+  binomial kernel and replicate padding) and take the low-frequency residual from the reference.
+
+All functions are pure: tensors in ``[0, 1]`` of shape ``(B, 3, H, W)`` in, tensors out. The float math is the
+official one; the result is clamped to ``[0, 1]``. ``to_uint8`` converts with either truncation (what the
+official colour-fix path does via ``ToPILImage``) or rounding (what the official pipeline output does).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ColorFixMethod = Literal["adain", "wavelet", "none"]
+
+_ADAIN_EPS = 1e-5
+_WAVELET_LEVELS = 5
+
+
+def _check_pair(image: Tensor, reference: Tensor) -> None:
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must have shape (B, 3, H, W), got {tuple(image.shape)}")
+    if reference.shape != image.shape:
+        raise ValueError(
+            f"reference shape {tuple(reference.shape)} must equal the image shape {tuple(image.shape)}"
+        )
+
+
+def _working_dtype(x: Tensor) -> torch.dtype:
+    # Half-precision variance over millions of pixels loses digits; the statistics are cheap, so use >= fp32.
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _channel_mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    std = (flat.var(dim=2) + _ADAIN_EPS).sqrt()
+    mean = flat.mean(dim=2)
+    return mean[..., None, None], std[..., None, None]
+
+
+def adain_float(image: Tensor, reference: Tensor) -> Tensor:
+    """AdaIN colour transfer without clamping (official ``adaptive_instance_normalization``).
+
+    Args:
+        image: ``(B, 3, H, W)`` float, the image whose colours are corrected.
+        reference: ``(B, 3, H, W)`` float, the colour source (same shape).
+
+    Returns:
+        ``(B, 3, H, W)`` in the working dtype (>= float32), unclamped.
+    """
+    _check_pair(image, reference)
+    dtype = _working_dtype(image)
+    image = image.to(dtype)
+    reference = reference.to(dtype)
+    ref_mean, ref_std = _channel_mean_std(reference)
+    img_mean, img_std = _channel_mean_std(image)
+    return (image - img_mean) / img_std * ref_std + ref_mean
+
+
+def _wavelet_blur(x: Tensor, radius: int) -> Tensor:
+    kernel = torch.tensor(
+        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]],
+        dtype=x.dtype,
+        device=x.device,
+    )
+    channels = x.shape[1]
+    kernel = kernel[None, None].repeat(channels, 1, 1, 1)
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    return F.conv2d(padded, kernel, groups=channels, dilation=radius)
+
+
+def _wavelet_decompose(x: Tensor, levels: int = _WAVELET_LEVELS) -> tuple[Tensor, Tensor]:
+    high = torch.zeros_like(x)
+    low = x
+    for i in range(levels):
+        low = _wavelet_blur(x, 2**i)
+        high += x - low
+        x = low
+    return high, low
+
+
+def wavelet_float(image: Tensor, reference: Tensor) -> Tensor:
+    """Wavelet colour transfer without clamping (official ``wavelet_reconstruction``).
+
+    Args:
+        image: ``(B, 3, H, W)`` float; its high frequencies are kept.
+        reference: ``(B, 3, H, W)`` float; its low-frequency residual is used.
+
+    Returns:
+        ``(B, 3, H, W)`` in the working dtype (>= float32), unclamped.
+    """
+    _check_pair(image, reference)
+    dtype = _working_dtype(image)
+    high, _ = _wavelet_decompose(image.to(dtype))
+    _, low = _wavelet_decompose(reference.to(dtype))
+    return high + low
+
+
+def adain_color_fix(image: Tensor, reference: Tensor) -> Tensor:
+    """AdaIN colour fix (official default): per-channel mean/std of ``reference`` imposed on ``image``.
+
+    Args:
+        image: ``(B, 3, H, W)`` in ``[0, 1]`` (the SR output).
+        reference: ``(B, 3, H, W)`` in ``[0, 1]`` (the upscaled LR / condition image).
+
+    Returns:
+        ``(B, 3, H, W)`` in ``[0, 1]``, dtype of ``image``.
+
+    Raises:
+        ValueError: if the shapes differ or are not ``(B, 3, H, W)``.
+    """
+    return adain_float(image, reference).clamp(0.0, 1.0).to(image.dtype)
+
+
+def wavelet_color_fix(image: Tensor, reference: Tensor) -> Tensor:
+    """Wavelet colour fix: high frequencies of ``image`` + low frequencies of ``reference``.
+
+    Args:
+        image: ``(B, 3, H, W)`` in ``[0, 1]``.
+        reference: ``(B, 3, H, W)`` in ``[0, 1]``.
+
+    Returns:
+        ``(B, 3, H, W)`` in ``[0, 1]``, dtype of ``image``.
+
+    Raises:
+        ValueError: if the shapes differ or are not ``(B, 3, H, W)``.
+    """
+    return wavelet_float(image, reference).clamp(0.0, 1.0).to(image.dtype)
+
+
+def apply_color_fix(image: Tensor, reference: Tensor, method: ColorFixMethod) -> Tensor:
+    """Dispatch to the colour fix named ``method`` (``"none"`` returns ``image`` unchanged).
+
+    Raises:
+        ValueError: for an unknown method or mismatched shapes.
+    """
+    if method == "adain":
+        return adain_color_fix(image, reference)
+    if method == "wavelet":
+        return wavelet_color_fix(image, reference)
+    if method == "none":
+        return image
+    raise ValueError(f"color fix method must be one of 'adain', 'wavelet', 'none'; got {method!r}")
+
+
+def to_uint8(x: Tensor, *, rounding: Literal["round", "truncate"]) -> Tensor:
+    """Convert a ``[0, 1]`` float tensor to uint8 (same shape).
+
+    Args:
+        x: float tensor in ``[0, 1]`` (values outside are clamped first).
+        rounding: ``"truncate"`` = ``floor(x*255)`` as the official colour-fix output (``ToPILImage``);
+            ``"round"`` = round-half-to-even of ``x*255`` as the official pipeline output.
+
+    Returns:
+        uint8 tensor of the same shape.
+
+    Raises:
+        ValueError: for an unknown rounding mode or a non-floating input.
+    """
+    if not x.is_floating_point():
+        raise ValueError(f"to_uint8 expects a floating tensor in [0, 1], got dtype {x.dtype}")
+    scaled = x.clamp(0.0, 1.0) * 255
+    if rounding == "round":
+        scaled = scaled.round()
+    elif rounding != "truncate":
+        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
+    # Values are non-negative, so the uint8 cast truncates exactly like ``Tensor.byte()``.
+    return scaled.to(torch.uint8)

@@ -1,0 +1,204 @@
+"""Tiled latent diffusion: tile grid, Gaussian blending weights and weighted stitching (spec §1.7, §9 items 8, 9).
+
+Large latents are denoised tile by tile; each tile's model output is multiplied by a Gaussian weight map and
+the overlapping contributions are normalised by the summed weights, ``out = Σ tile_out·W / Σ W``.
+
+Two flavours share one code path:
+
+* ``faithful=True`` reproduces the official SeeSR loop bit for bit: tiling iff the latent *area* exceeds
+  ``tile²``; square tiles of side ``min(tile, h, w)``; Gaussian centres ``(T-1)/2`` along x but ``T/2`` along y,
+  variance 0.01·T², float64 weights whose products are accumulated into float32 buffers.
+* the default tiles as soon as either side exceeds the tile (a long thin latent is never run in one piece, so
+  the memory one model call needs is bounded by ``tile²`` latent pixels), allows non-square edge tiles
+  ``min(tile, h) x min(tile, w)`` and uses symmetric Gaussian centres ``(T-1)/2`` on both axes.
+
+The grid rule is the same in both: along an axis of length ``L`` with tile ``T`` and overlap ``O``, the tile
+count is the smallest ``n`` with ``(n-1)·(T-O) + T >= L``; tile ``k`` starts at ``k·(T-O)`` and the last one is
+snapped to ``L - T`` (so overlaps never shrink below ``O``). Tiles are listed with the outer loop over x.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+_GAUSS_VAR = 0.01
+
+
+class TileBox(NamedTuple):
+    """Half-open tile rectangle in latent pixels: rows ``y0:y1``, columns ``x0:x1``."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+def _check_tile_args(h: int, w: int, tile: int, overlap: int | None = None) -> None:
+    if h < 1 or w < 1:
+        raise ValueError(f"latent size must be positive, got {h}x{w}")
+    if tile < 1:
+        raise ValueError(f"tile size must be >= 1, got {tile}")
+    if overlap is not None and not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
+
+
+def needs_tiling(h: int, w: int, tile: int, *, faithful: bool) -> bool:
+    """Whether a latent of ``h x w`` is denoised in tiles.
+
+    Args:
+        h: latent height.
+        w: latent width.
+        tile: latent tile side.
+        faithful: official area rule ``h*w > tile²`` (spec §9 item 9); otherwise any side ``> tile``.
+    """
+    _check_tile_args(h, w, tile)
+    if faithful:
+        return h * w > tile * tile
+    return h > tile or w > tile
+
+
+def _axis_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis; ``tile <= length`` is assumed."""
+    stride = tile - overlap
+    count = 1
+    while (count - 1) * stride + tile < length:
+        count += 1
+    origins = [k * stride for k in range(count)]
+    origins[-1] = length - tile
+    return origins
+
+
+def tile_boxes(h: int, w: int, tile: int, overlap: int, *, faithful: bool) -> list[TileBox]:
+    """Tile rectangles covering an ``h x w`` latent, in the official order (outer loop over x, inner over y).
+
+    Args:
+        h: latent height.
+        w: latent width.
+        tile: requested latent tile side.
+        overlap: minimum overlap of neighbouring tiles (latent pixels), ``0 <= overlap < tile``.
+        faithful: square tiles of side ``min(tile, h, w)`` (official); otherwise ``min(tile, h) x min(tile, w)``.
+
+    Returns:
+        The boxes (a single full-size box when the latent fits one tile). The caller decides with
+        ``needs_tiling`` whether to tile at all; this function only lays out the grid.
+
+    Raises:
+        ValueError: for non-positive sizes or an overlap outside ``[0, tile)``.
+    """
+    _check_tile_args(h, w, tile, overlap)
+    if faithful:
+        tile_h = tile_w = min(tile, h, w)
+    else:
+        tile_h, tile_w = min(tile, h), min(tile, w)
+    # A tile shrunk to the image side may be smaller than the overlap: keep the stride positive.
+    ys = _axis_origins(h, tile_h, min(overlap, tile_h - 1))
+    xs = _axis_origins(w, tile_w, min(overlap, tile_w - 1))
+    return [TileBox(y, y + tile_h, x, x + tile_w) for x in xs for y in ys]
+
+
+def _gauss_1d(size: int, midpoint: float) -> list[float]:
+    # Python floats (IEEE double, libm exp) in the official operation order, so the faithful map is bit-equal.
+    norm = math.sqrt(2 * math.pi * _GAUSS_VAR)
+    return [
+        math.exp(-(i - midpoint) * (i - midpoint) / (size * size) / (2 * _GAUSS_VAR)) / norm
+        for i in range(size)
+    ]
+
+
+def gaussian_weights(
+    tile_h: int,
+    tile_w: int,
+    *,
+    faithful: bool,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Gaussian blending weight map of one tile.
+
+    ``w(i) = exp(-(i - c)² / T² / (2·0.01)) / sqrt(2π·0.01)`` per axis, the map is the outer product (y, x).
+
+    Args:
+        tile_h: tile height ``T_y``.
+        tile_w: tile width ``T_x``.
+        faithful: official centres ``c_x = (T_x-1)/2`` and ``c_y = T_y/2`` (computed in float64);
+            otherwise symmetric centres ``(T-1)/2`` on both axes.
+        dtype: dtype of the returned map (use float64 to keep the official precision).
+        device: device of the returned map.
+
+    Returns:
+        ``(tile_h, tile_w)`` weights, all > 0.
+    """
+    if tile_h < 1 or tile_w < 1:
+        raise ValueError(f"tile size must be positive, got {tile_h}x{tile_w}")
+    x_probs = _gauss_1d(tile_w, (tile_w - 1) / 2)
+    y_probs = _gauss_1d(tile_h, tile_h / 2 if faithful else (tile_h - 1) / 2)
+    wy = torch.tensor(y_probs, dtype=torch.float64)
+    wx = torch.tensor(x_probs, dtype=torch.float64)
+    return torch.outer(wy, wx).to(device=device, dtype=dtype)
+
+
+def tiled_apply(
+    fn: Callable[[TileBox], Tensor],
+    out_shape: tuple[int, ...],
+    boxes: list[TileBox],
+    weights_fn: Callable[[int, int], Tensor],
+    *,
+    out_dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> Tensor:
+    """Stitch per-tile model outputs with weighted averaging: ``Σ fn(box)·W / Σ W``.
+
+    Args:
+        fn: returns the model output for the latent crop ``[..., y0:y1, x0:x1]`` (the caller crops the latents
+            and the x8 condition image); shape ``out_shape[:-2] + (box.height, box.width)``.
+        out_shape: shape of the stitched result, last two dims = latent ``(h, w)``.
+        boxes: tile rectangles (from ``tile_boxes``); together they must cover every latent pixel.
+        weights_fn: ``(tile_h, tile_w) -> (tile_h, tile_w)`` weight map (e.g. ``gaussian_weights`` partially
+            applied). Products ``out·W`` are formed in the promoted dtype of the two (float64 for the faithful
+            float64 maps, like the official code) and accumulated in float32 (float64 if ``out_dtype`` is).
+        out_dtype: dtype of the returned tensor.
+        device: device of the accumulation buffers.
+
+    Returns:
+        Stitched tensor of ``out_shape`` and ``out_dtype``.
+
+    Raises:
+        ValueError: if a tile output has the wrong shape or some pixel is covered by no tile.
+    """
+    if not boxes:
+        raise ValueError("tiled_apply needs at least one tile box, got none")
+    acc_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    acc = torch.zeros(out_shape, dtype=acc_dtype, device=device)
+    wsum = torch.zeros(out_shape[-2:], dtype=acc_dtype, device=device)
+    cache: dict[tuple[int, int], Tensor] = {}
+    expected_lead = tuple(out_shape[:-2])
+    for box in boxes:
+        out = fn(box)
+        want = expected_lead + (box.height, box.width)
+        if tuple(out.shape) != want:
+            raise ValueError(f"tile {box} returned shape {tuple(out.shape)}, expected {want}")
+        key = (box.height, box.width)
+        if key not in cache:
+            cache[key] = weights_fn(*key).to(device=out.device)
+        weight = cache[key]
+        # In-place add of a (possibly float64) product into the float32 buffer: same rounding as the official
+        # ``noise_pred[...] += tile_out * tile_weights``.
+        acc[..., box.y0 : box.y1, box.x0 : box.x1] += out * weight
+        wsum[box.y0 : box.y1, box.x0 : box.x1] += weight
+    if not bool((wsum > 0).all()):
+        raise ValueError(f"tile boxes {boxes} do not cover the whole {out_shape[-2]}x{out_shape[-1]} latent")
+    # The official code divides by a full-shape contributors tensor; broadcasting the 2-D sum is the same value.
+    return (acc / wsum).to(out_dtype)

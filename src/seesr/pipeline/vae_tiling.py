@@ -1,0 +1,467 @@
+"""Tiled VAE encode/decode with GroupNorm statistics shared across tiles (spec §1.8, §9 item 12).
+
+The official SeeSR inference hooks the VAE encoder and decoder with the "tiled VAE" of the multidiffusion
+upscaler. This module re-expresses that behaviour over the diffusers ``Encoder`` / ``Decoder`` modules:
+
+1. The input is split into a grid of core tiles (``split_tiles``); every tile is read with ``pad`` extra
+   pixels of context on each side (32 image px for the encoder, 11 latent px for the decoder) so that the
+   convolutions see (almost) the same neighbourhood as in the untiled forward.
+2. The forward is flattened into a list of elementary operations (convolutions, activations, residual
+   store/add, attention, down/up-samplers). Every GroupNorm is a barrier: all tiles are advanced to it, the
+   per-tile group mean/variance (biased) are averaged weighted by the tiles' pixel counts (overlaps counted,
+   as the official code does), and every tile is normalised with those shared statistics (eps 1e-6, then
+   the GroupNorm affine).
+3. The mid-block self-attention runs per tile (official behaviour), so tiled ≠ untiled in general.
+4. Each finished tile is cropped to its valid region and written into the output.
+
+Tiles are visited alternately forwards and backwards between barriers, as in the official code; this only
+fixes the order of the floating-point sums of the statistics.
+
+Inputs whose longer side is at most ``2·pad + tile_size`` are not tiled: the plain module forward runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seesr.pipeline.tiling import TileBox
+
+logger = logging.getLogger(__name__)
+
+ENCODER_PAD = 32
+DECODER_PAD = 11
+_GN_EPS = 1e-6
+_VAE_SCALE = 8
+
+
+class VaeTile(NamedTuple):
+    """One tile of the tiled VAE.
+
+    Attributes:
+        input_box: region read from the input (core box ± pad, clipped), input pixels.
+        output_box: region written to the output (core box, extended to the border when within ``pad`` of it),
+            output pixels (x8 for the decoder, //8 for the encoder).
+    """
+
+    input_box: TileBox
+    output_box: TileBox
+
+
+def encoder_needs_tiling(h: int, w: int, tile_size: int, pad: int = ENCODER_PAD) -> bool:
+    """Whether an ``h x w`` image (pixels) is encoded in tiles: ``max(h, w) > 2·pad + tile_size``."""
+    return max(h, w) > 2 * pad + tile_size
+
+
+def decoder_needs_tiling(h: int, w: int, tile_size: int, pad: int = DECODER_PAD) -> bool:
+    """Whether an ``h x w`` latent is decoded in tiles: ``max(h, w) > 2·pad + tile_size``."""
+    return max(h, w) > 2 * pad + tile_size
+
+
+def best_tile_size(lower: int, upper: int) -> int:
+    """Round ``lower`` up to a multiple of the largest of 32, 16, 8, 4, 2 that keeps it ``<= upper``.
+
+    Returns ``lower`` unchanged if it already is such a multiple or nothing fits.
+    """
+    divider = 32
+    while divider >= 2:
+        rem = lower % divider
+        if rem == 0:
+            return lower
+        candidate = lower - rem + divider
+        if candidate <= upper:
+            return candidate
+        divider //= 2
+    return lower
+
+
+def split_tiles(
+    h: int, w: int, tile_size: int, pad: int, *, is_decoder: bool, scale: int = _VAE_SCALE
+) -> list[VaeTile]:
+    """Tile layout of the official tiled VAE, row-major (outer loop over y).
+
+    Args:
+        h: input height (image px for the encoder, latent px for the decoder).
+        w: input width.
+        tile_size: requested core tile side.
+        pad: context margin around each core tile.
+        is_decoder: output boxes are scaled x``scale`` (decoder) or //``scale`` (encoder).
+        scale: spatial factor between image and latent (8 for every SD VAE).
+
+    Returns:
+        One ``VaeTile`` per tile.
+
+    Raises:
+        ValueError: for non-positive sizes.
+    """
+    if h < 1 or w < 1 or tile_size < 1 or pad < 0:
+        raise ValueError(f"invalid tiled-VAE geometry: input {h}x{w}, tile_size {tile_size}, pad {pad}")
+    n_y = max(math.ceil((h - 2 * pad) / tile_size), 1)
+    n_x = max(math.ceil((w - 2 * pad) / tile_size), 1)
+    # Shrink the tile so the tiles are about equal, then round to a GPU-friendly multiple.
+    real_h = best_tile_size(math.ceil((h - 2 * pad) / n_y), tile_size)
+    real_w = best_tile_size(math.ceil((w - 2 * pad) / n_x), tile_size)
+
+    def to_out(v: int) -> int:
+        return v * scale if is_decoder else v // scale
+
+    tiles = []
+    for i in range(n_y):
+        for j in range(n_x):
+            x0, x1 = pad + j * real_w, min(pad + (j + 1) * real_w, w)
+            y0, y1 = pad + i * real_h, min(pad + (i + 1) * real_h, h)
+            out = TileBox(
+                to_out(y0 if y0 > pad else 0),
+                to_out(y1 if y1 < h - pad else h),
+                to_out(x0 if x0 > pad else 0),
+                to_out(x1 if x1 < w - pad else w),
+            )
+            inp = TileBox(max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad))
+            tiles.append(VaeTile(inp, out))
+    return tiles
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The forward as a flat list of operations
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One step of the flattened forward.
+
+    kind: "apply" (x = fn(x)), "norm" (GroupNorm barrier, module = the nn.GroupNorm), "store" (residual =
+    fn(x)), "add" (x = (x + residual) / factor), "attn" (per-tile self-attention, module = the Attention).
+    """
+
+    kind: str
+    fn: Callable[[Tensor], Tensor] | None = None
+    module: Any = None
+    factor: float = 1.0
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _resnet_ops(block: nn.Module) -> list[_Op]:
+    if getattr(block, "upsample", None) is not None or getattr(block, "downsample", None) is not None:
+        raise ValueError(f"tiled VAE: resampling ResNet blocks are not supported ({type(block).__name__})")
+    if getattr(block, "time_embedding_norm", "default") not in ("default", "group"):
+        raise ValueError(
+            f"tiled VAE: unsupported ResNet norm {block.time_embedding_norm!r}; expected GroupNorm"
+        )
+    shortcut = block.conv_shortcut if block.conv_shortcut is not None else _identity
+    act = block.nonlinearity
+    return [
+        _Op("store", fn=shortcut),
+        _Op("norm", module=_as_group_norm(block.norm1)),
+        _Op("apply", fn=act),
+        _Op("apply", fn=block.conv1),
+        _Op("norm", module=_as_group_norm(block.norm2)),
+        _Op("apply", fn=act),
+        _Op("apply", fn=block.dropout),
+        _Op("apply", fn=block.conv2),
+        _Op("add", factor=float(block.output_scale_factor)),
+    ]
+
+
+def _attention_ops(attn: nn.Module) -> list[_Op]:
+    if getattr(attn, "spatial_norm", None) is not None or attn.group_norm is None:
+        raise ValueError("tiled VAE: the mid-block attention must use a plain GroupNorm (no spatial norm)")
+    ops = [_Op("norm", module=_as_group_norm(attn.group_norm)), _Op("attn", module=attn)]
+    if attn.residual_connection:
+        ops = [_Op("store", fn=_identity), *ops, _Op("add", factor=float(attn.rescale_output_factor))]
+    elif attn.rescale_output_factor != 1.0:
+        ops.append(_Op("apply", fn=lambda x, f=float(attn.rescale_output_factor): x / f))
+    return ops
+
+
+def _mid_ops(mid: nn.Module) -> list[_Op]:
+    ops = _resnet_ops(mid.resnets[0])
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
+        if attn is not None:
+            ops += _attention_ops(attn)
+        ops += _resnet_ops(resnet)
+    return ops
+
+
+def _as_group_norm(module: nn.Module) -> nn.GroupNorm:
+    if not isinstance(module, nn.GroupNorm):
+        raise ValueError(f"tiled VAE: expected nn.GroupNorm, got {type(module).__name__}")
+    return module
+
+
+def _tail_ops(net: nn.Module) -> list[_Op]:
+    return [
+        _Op("norm", module=_as_group_norm(net.conv_norm_out)),
+        _Op("apply", fn=net.conv_act),
+        _Op("apply", fn=net.conv_out),
+    ]
+
+
+def encoder_ops(encoder: nn.Module) -> list[_Op]:
+    """Flatten a diffusers ``Encoder`` forward: conv_in, down blocks, mid block, norm_out, act, conv_out."""
+    ops = [_Op("apply", fn=encoder.conv_in)]
+    for block in encoder.down_blocks:
+        for resnet in block.resnets:
+            ops += _resnet_ops(resnet)
+        for down in block.downsamplers or []:
+            ops.append(_Op("apply", fn=down))
+    ops += _mid_ops(encoder.mid_block)
+    return ops + _tail_ops(encoder)
+
+
+def decoder_ops(decoder: nn.Module) -> list[_Op]:
+    """Flatten a diffusers ``Decoder`` forward: conv_in, mid block, up blocks, norm_out, act, conv_out."""
+    ops = [_Op("apply", fn=decoder.conv_in)]
+    ops += _mid_ops(decoder.mid_block)
+    # Some diffusers versions run the up blocks in their own dtype (``upscale_dtype``); follow the parameters.
+    up_dtype = next(iter(decoder.up_blocks.parameters())).dtype
+    ops.append(_Op("apply", fn=lambda x, d=up_dtype: x.to(d)))
+    for block in decoder.up_blocks:
+        for resnet in block.resnets:
+            ops += _resnet_ops(resnet)
+        for up in block.upsamplers or []:
+            ops.append(_Op("apply", fn=up))
+    return ops + _tail_ops(decoder)
+
+
+def _sampling_factor(blocks: nn.ModuleList, attr: str) -> int:
+    """Spatial factor of a VAE half: 2 per down/up-sampler (8 for the SD VAEs)."""
+    return 2 ** sum(len(getattr(block, attr, None) or []) for block in blocks)
+
+
+def _self_attention(attn: nn.Module, x: Tensor) -> Tensor:
+    """Single-tile self-attention of a diffusers ``Attention`` on an already group-normalised (B, C, H, W)."""
+    b, c, h, w = x.shape
+    tokens = x.reshape(b, c, h * w).transpose(1, 2)
+    q, k, v = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)
+    heads = attn.heads
+    q, k, v = (t.reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    out = out.transpose(1, 2).reshape(b, h * w, -1).to(q.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GroupNorm with shared statistics
+
+
+def _group_var_mean(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """Biased per-(batch, group) variance and mean, in >= float32 (fp16 variances overflow on large images)."""
+    b = x.shape[0]
+    flat = x.reshape(b, groups, -1).to(torch.promote_types(x.dtype, torch.float32))
+    var, mean = torch.var_mean(flat, dim=2, unbiased=False)
+    return var, mean
+
+
+def _shared_stats(stats: Sequence[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """Pixel-count-weighted average of per-tile (var, mean), weights normalised like the official code."""
+    pixels = torch.tensor([p for _, _, p in stats], dtype=torch.float32, device=stats[0][0].device)
+    pixels = pixels / pixels.max()
+    pixels = (pixels / pixels.sum()).reshape(-1, 1, 1)
+    var = (torch.stack([s[0] for s in stats]) * pixels).sum(dim=0)
+    mean = (torch.stack([s[1] for s in stats]) * pixels).sum(dim=0)
+    return var, mean
+
+
+def _apply_group_norm(x: Tensor, norm: nn.GroupNorm, var: Tensor, mean: Tensor) -> Tensor:
+    b, c = x.shape[:2]
+    groups = norm.num_groups
+    work = x.reshape(b, groups, -1).to(var.dtype)
+    out = (work - mean[..., None]) * torch.rsqrt(var[..., None] + _GN_EPS)
+    out = out.reshape(x.shape)
+    if norm.weight is not None:
+        out = out * norm.weight.to(out.dtype).reshape(1, c, 1, 1)
+    if norm.bias is not None:
+        out = out + norm.bias.to(out.dtype).reshape(1, c, 1, 1)
+    return out.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Executor
+
+
+def _run_tiled(
+    ops: list[_Op],
+    x: Tensor,
+    tiles: list[VaeTile],
+    out_hw: tuple[int, int],
+    *,
+    is_decoder: bool,
+    out_dtype: torch.dtype | None,
+    offload_device: torch.device | str | None,
+    scale: int = _VAE_SCALE,
+) -> Tensor:
+    device = x.device
+    states: list[Tensor] = [
+        x[:, :, t.input_box.y0 : t.input_box.y1, t.input_box.x0 : t.input_box.x1] for t in tiles
+    ]
+    residuals: list[Tensor | None] = [None] * len(tiles)
+    barriers = [i for i, op in enumerate(ops) if op.kind == "norm"] + [len(ops)]
+    start = 0
+    shared: tuple[nn.GroupNorm, Tensor, Tensor] | None = None
+    forward = True
+    for end in barriers:
+        order = range(len(tiles)) if forward else reversed(range(len(tiles)))
+        stats: list[tuple[Tensor, Tensor, int]] = []
+        for t in order:
+            h = states[t].to(device)
+            res = residuals[t].to(device) if residuals[t] is not None else None
+            if shared is not None:
+                h = _apply_group_norm(h, *shared)
+            for op in ops[start:end]:
+                if op.kind == "apply":
+                    h = op.fn(h)
+                elif op.kind == "store":
+                    res = op.fn(h)
+                elif op.kind == "add":
+                    h = h + res
+                    if op.factor != 1.0:
+                        h = h / op.factor
+                    res = None
+                elif op.kind == "attn":
+                    h = _self_attention(op.module, h)
+                else:  # pragma: no cover - the op list is built above
+                    raise AssertionError(op.kind)
+            if end < len(ops):
+                var, mean = _group_var_mean(h, ops[end].module.num_groups)
+                stats.append((var, mean, h.shape[2] * h.shape[3]))
+            if offload_device is not None:
+                h = h.to(offload_device)
+                res = res.to(offload_device) if res is not None else None
+            states[t], residuals[t] = h, res
+        if end == len(ops):
+            break
+        var, mean = _shared_stats(stats)
+        shared = (ops[end].module, var, mean)
+        start = end + 1
+        forward = not forward
+
+    first = states[0]
+    result = torch.zeros((x.shape[0], first.shape[1], *out_hw), dtype=out_dtype or first.dtype, device=device)
+    for tile, h in zip(tiles, states, strict=True):
+        ob = tile.output_box
+        result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = _valid_crop(
+            h.to(device), tile, is_decoder=is_decoder, scale=scale
+        )
+    return result
+
+
+def _valid_crop(h: Tensor, tile: VaeTile, *, is_decoder: bool, scale: int) -> Tensor:
+    """Cut the part of a finished tile that lands in its output box (the official offset arithmetic)."""
+    inp, out = tile.input_box, tile.output_box
+
+    def to_out(v: int) -> int:
+        return v * scale if is_decoder else v // scale
+
+    top, left = out.y0 - to_out(inp.y0), out.x0 - to_out(inp.x0)
+    bottom, right = out.y1 - to_out(inp.y1), out.x1 - to_out(inp.x1)  # <= 0: how much to drop at the far end
+    return h[:, :, top : h.shape[2] + bottom, left : h.shape[3] + right]
+
+
+@torch.no_grad()
+def tiled_encode(
+    encoder: nn.Module,
+    x: Tensor,
+    tile_size: int,
+    pad: int = ENCODER_PAD,
+    *,
+    out_dtype: torch.dtype | None = None,
+    offload_device: torch.device | str | None = None,
+) -> Tensor:
+    """Encode with the official tiled-VAE algorithm (or the plain forward when the image is small).
+
+    Args:
+        encoder: a diffusers ``Encoder`` (``AutoencoderKL.encoder``).
+        x: ``(B, 3, H, W)`` image in ``[-1, 1]``, H and W multiples of 8.
+        tile_size: core tile side in image pixels (official 1024).
+        pad: context margin in image pixels (official 32).
+        out_dtype: dtype of the result; default the network's output dtype (the official hook returns float32).
+        offload_device: if given, tiles are parked there between GroupNorm barriers (e.g. ``"cpu"``) to bound
+            accelerator memory by about one tile.
+
+    Returns:
+        ``(B, 2·latent_channels, H/8, W/8)`` = the encoder output (moments before ``quant_conv``).
+
+    Raises:
+        ValueError: if ``x`` is not 4-D or the encoder has an unsupported structure.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"tiled_encode expects (B, C, H, W), got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if not encoder_needs_tiling(h, w, tile_size, pad):
+        out = encoder(x)
+        return out if out_dtype is None else out.to(out_dtype)
+    scale = _sampling_factor(encoder.down_blocks, "downsamplers")
+    tiles = split_tiles(h, w, tile_size, pad, is_decoder=False, scale=scale)
+    logger.debug(
+        "tiled VAE encoder: %dx%d image in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
+    )
+    return _run_tiled(
+        encoder_ops(encoder),
+        x,
+        tiles,
+        (h // scale, w // scale),
+        is_decoder=False,
+        out_dtype=out_dtype,
+        offload_device=offload_device,
+        scale=scale,
+    )
+
+
+@torch.no_grad()
+def tiled_decode(
+    decoder: nn.Module,
+    z: Tensor,
+    tile_size: int,
+    pad: int = DECODER_PAD,
+    *,
+    out_dtype: torch.dtype | None = None,
+    offload_device: torch.device | str | None = None,
+) -> Tensor:
+    """Decode with the official tiled-VAE algorithm (or the plain forward when the latent is small).
+
+    Args:
+        decoder: a diffusers ``Decoder`` (``AutoencoderKL.decoder``).
+        z: ``(B, latent_channels, h, w)`` latent after ``post_quant_conv`` (unscaled, i.e. already / 0.18215).
+        tile_size: core tile side in latent pixels (official 224).
+        pad: context margin in latent pixels (official 11).
+        out_dtype: dtype of the result; default the network's output dtype (the official hook returns float32).
+        offload_device: if given, tiles are parked there between GroupNorm barriers.
+
+    Returns:
+        ``(B, 3, 8h, 8w)`` image in about ``[-1, 1]`` (unclamped decoder output).
+
+    Raises:
+        ValueError: if ``z`` is not 4-D or the decoder has an unsupported structure.
+    """
+    if z.ndim != 4:
+        raise ValueError(f"tiled_decode expects (B, C, h, w), got shape {tuple(z.shape)}")
+    h, w = z.shape[-2:]
+    if not decoder_needs_tiling(h, w, tile_size, pad):
+        out = decoder(z)
+        return out if out_dtype is None else out.to(out_dtype)
+    scale = _sampling_factor(decoder.up_blocks, "upsamplers")
+    tiles = split_tiles(h, w, tile_size, pad, is_decoder=True, scale=scale)
+    logger.debug(
+        "tiled VAE decoder: %dx%d latent in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
+    )
+    return _run_tiled(
+        decoder_ops(decoder),
+        z,
+        tiles,
+        (h * scale, w * scale),
+        is_decoder=True,
+        out_dtype=out_dtype,
+        offload_device=offload_device,
+        scale=scale,
+    )
