@@ -188,21 +188,29 @@ def row05_pixel_cap(cli, tmp_path, stub, monkeypatch):
 
 
 def row06_output_cap(cli, tmp_path, stub):
-    src = png(tmp_path / "in" / "a.png", rand_u8((20, 20, 3)))
-    r = cli(src, "-o", tmp_path / "out", "--max-output-pixels", 6399)
-    assert r.rc == 1 and "output would be 80x80 = 6400 pixels, over the output cap of 6399" in r.err
+    src = png(tmp_path / "in" / "a.png", rand_u8((200, 160, 3)))
+    r = cli(src, "-o", tmp_path / "out", "--max-output-pixels", 511999)
+    assert r.rc == 1 and "output would be 640x800 = 512000 pixels, over the output cap of 511999" in r.err
     assert stub.loads == [] and stub.calls == []  # refused before any model work
-    assert cli(src, "-o", tmp_path / "out", "--max-output-pixels", 6400).rc == 0
+    assert cli(src, "-o", tmp_path / "out", "--max-output-pixels", 512000).rc == 0
 
 
 def row07_tiny(cli, tmp_path, stub):
     sizes = {"one.png": (1, 1), "three.png": (3, 3), "line.png": (1, 40000)}
     for name, (h, w) in sizes.items():
         png(tmp_path / "in" / name, rand_u8((h, w, 3)))
+    # 1x40000 would be enlarged to 512 x 20480000 px before SR (spec §1.3): refused, naming the sizes
     r = cli(tmp_path / "in", "-o", tmp_path / "out")
-    assert r.rc == 0, r.err
-    for name, (h, w) in sizes.items():
+    assert r.rc == 1 and "1 failed" in r.out
+    line = failure_lines(r.err, tmp_path / "in" / "line.png")
+    assert len(line) == 1 and "40000x1 would be processed at 20480000x512" in line[0]
+    assert stub.calls == [(1, 1), (3, 3)]
+    for name in ("one.png", "three.png"):
+        h, w = sizes[name]
         assert u8(tmp_path / "out" / name).shape == (4 * h, 4 * w, 3)
+    # a smaller process size makes it fit: processed, with the exact x4 size
+    r = cli(tmp_path / "in" / "line.png", "-o", tmp_path / "out", "--process-size", 8)
+    assert r.rc == 0 and u8(tmp_path / "out" / "line.png").shape == (4, 160000, 3)
 
 
 def row08_16bit(cli, tmp_path, stub):
@@ -515,7 +523,7 @@ def test_no_weights_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     err = capsys.readouterr().err
     assert err == f"seesr upscale: error: {up.NO_WEIGHTS}\n"
     assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--sd2", "x"]) == 1
-    assert "also pass --seesr --ram --dape" in capsys.readouterr().err
+    assert "official weights incomplete: also pass --seesr" in capsys.readouterr().err
     monkeypatch.setenv("SEESR_WEIGHTS", str(tmp_path / "nowhere"))
     assert main(["upscale", str(src), "-o", str(tmp_path / "out")]) == 1
     assert f"SEESR_WEIGHTS={tmp_path / 'nowhere'}: folder not found" in capsys.readouterr().err

@@ -257,7 +257,10 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise BadImageError(f"{path}: empty file (0 bytes)")
     try:
         try:
-            im = Image.open(path)
+            with warnings.catch_warnings():
+                # our own cap (below) decides; Pillow's warning would only add noise on stderr
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
         except Image.DecompressionBombError:
             # Over Pillow's own hard limit: read the header again without it only to report the size.
             with _pillow_globals(no_bomb_limit=True):

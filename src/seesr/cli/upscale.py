@@ -272,7 +272,7 @@ def _weights_source(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             )
         return "pretrained", {"path": args.weights}
     if parts:
-        missing = [f"--{k}" for k in ("sd2", "seesr", "ram", "dape") if k not in parts]
+        missing = [f"--{k}" for k in ("sd2", "seesr") if k not in parts]
         if missing:
             raise WeightsError(f"official weights incomplete: also pass {' '.join(missing)}")
         return "official", {k: parts.get(k) for k in _OFFICIAL_PARTS}
@@ -310,7 +310,8 @@ def _load_pipeline(args: argparse.Namespace, run: _Run) -> Any:
     from seesr.pipeline.pipeline import SeeSRPipeline
 
     if kind == "pretrained":
-        return SeeSRPipeline.from_pretrained(where["path"], device=device, dtype=dtype)
+        extra = {"turbo": True} if run.preset == "turbo" else {}  # the folder's sd-turbo UNet
+        return SeeSRPipeline.from_pretrained(where["path"], device=device, dtype=dtype, **extra)
     return SeeSRPipeline.from_official(**where, device=device, dtype=dtype)
 
 
@@ -407,6 +408,7 @@ def run(args: argparse.Namespace) -> int:
                     f"output would be {ow}x{oh} = {ow * oh} pixels, over the output cap of {max_out} "
                     "(--max-output-pixels); not processed"
                 )
+            _check_processing_size(info.width, info.height, settings.sampling, max_out)
             io.check_output_options(settings.fmt, has_alpha=info.has_alpha, bit_depth=settings.bit_depth)
         except (ValueError, OSError) as err:
             fail(item.path, _reason(err, item.path))
@@ -415,7 +417,14 @@ def run(args: argparse.Namespace) -> int:
 
     written = 0
     if jobs:
-        pipe = _load_pipeline(args, settings)
+        try:
+            pipe = _load_pipeline(args, settings)
+        except MemoryError as err:
+            raise ValueError(f"out of memory while loading the weights ({err}); try --dtype fp16") from None
+        except RuntimeError as err:
+            if type(err).__name__ != "OutOfMemoryError":
+                raise
+            raise ValueError(f"out of memory while loading the weights: {_reason(err, Path())}") from None
         from tqdm import tqdm
 
         bar = tqdm(jobs, desc="upscale", unit="img", disable=None, file=sys.stderr)
@@ -442,6 +451,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _check_processing_size(width: int, height: int, sampling: Any, max_out: int) -> None:
+    """Refuse inputs the pipeline would have to enlarge past the output cap (e.g. 1x40000: a side under
+    process_size/upscale is enlarged first, spec §1.3 step 4), before any model work."""
+    from seesr.pipeline.sizing import plan_sizes
+
+    plan = plan_sizes((width, height), sampling.upscale, sampling.process_size)
+    pw, ph = plan.processed
+    if pw * ph > max_out:
+        raise ValueError(
+            f"{width}x{height} would be processed at {pw}x{ph} = {pw * ph} pixels (sides under "
+            f"process_size/upscale = {int(sampling.process_size // sampling.upscale)} px are enlarged first), "
+            f"over the output cap of {max_out}; lower --process-size or pad/crop the image"
+        )
+
+
 def _emit(line: str) -> None:
     try:
         from tqdm import tqdm
@@ -458,6 +482,15 @@ def _free_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _process(
@@ -487,6 +520,7 @@ def _process(
             settings.bit_depth,
         )
     lr = torch.from_numpy(img.rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
+    extra = {"show_progress": False} if _accepts(pipe, "show_progress") else {}  # our bar replaces its own
     written = 0
     for k, plan in todo:
         sampling = dataclasses.replace(settings.sampling, seed=settings.sampling.seed + k)
@@ -501,7 +535,7 @@ def _process(
 
         try:
             result = pipe(
-                lr, sampling=sampling, tiling=settings.tiling, tags=settings.tags, callback=callback
+                lr, sampling=sampling, tiling=settings.tiling, tags=settings.tags, callback=callback, **extra
             )
         finally:
             steps.close()
