@@ -1,0 +1,274 @@
+"""Evaluate a folder of restored images against a folder of references (paper §4.1, Table 2).
+
+Images are paired by file stem (``0001.png`` with ``0001.jpg``); optional suffixes can be stripped from stems
+first (e.g. ``_out``, ``_HR``). Every image of either folder must have a partner and the same size: a
+missing partner or a size mismatch is a ``ValueError`` naming the files, because a partial or resized
+comparison would silently change the numbers.
+
+PSNR/SSIM are computed in-house (:mod:`seesr.metrics.fidelity`) with the optional border crop; the learned
+metrics and FID go through pyiqa (:mod:`seesr.metrics.learned`) on the full images. A learned metric that
+cannot be loaded is recorded in ``EvalResult.failures`` and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from seesr.metrics.registry import MetricSpec, resolve_metrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation.
+
+    Attributes:
+        sr_dir: the folder of restored images.
+        gt_dir: the reference folder, or None (no-reference metrics only).
+        metrics: the metrics requested, in Table 2 order.
+        per_image: stem -> {metric name: value} for per-image metrics.
+        aggregate: metric name -> mean over images (FID: the folder-level value).
+        failures: metric name -> the one-line reason it was not computed.
+        protocol: the conventions used (Y definition, crop, versions), written into reports.
+    """
+
+    sr_dir: str
+    gt_dir: str | None
+    metrics: list[MetricSpec]
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    aggregate: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sr_dir": self.sr_dir,
+            "gt_dir": self.gt_dir,
+            "metrics": {s.name: {"label": s.label, "lower_better": s.lower_better} for s in self.metrics},
+            "aggregate": self.aggregate,
+            "failures": self.failures,
+            "protocol": self.protocol,
+            "per_image": self.per_image,
+        }
+
+
+def list_images(folder: str | Path, strip_suffixes: Sequence[str] = ()) -> dict[str, Path]:
+    """Image files directly inside ``folder``, keyed by stem (after stripping the first matching suffix).
+
+    Raises:
+        FileNotFoundError: if ``folder`` is not a directory.
+        ValueError: if it holds no images, or two files share a stem.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    out: dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        stem = p.stem
+        for suf in strip_suffixes:
+            if suf and stem.endswith(suf) and len(stem) > len(suf):
+                stem = stem[: -len(suf)]
+                break
+        if stem in out:
+            raise ValueError(f"two images in {root} share the stem {stem!r}: {out[stem].name} and {p.name}")
+        out[stem] = p
+    if not out:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+    return out
+
+
+def match_pairs(
+    sr_dir: str | Path, gt_dir: str | Path | None, strip_suffixes: Sequence[str] = ()
+) -> list[tuple[str, Path, Path | None]]:
+    """Pair restored and reference images by stem, checking partners and sizes.
+
+    Returns:
+        Sorted ``(stem, sr_path, gt_path or None)``.
+
+    Raises:
+        ValueError: an image without partner (names it) or a size mismatch (names both files and sizes).
+    """
+    from PIL import Image
+
+    sr = list_images(sr_dir, strip_suffixes)
+    if gt_dir is None:
+        return [(k, sr[k], None) for k in sorted(sr)]
+    gt = list_images(gt_dir, strip_suffixes)
+    no_gt, no_sr = sorted(set(sr) - set(gt)), sorted(set(gt) - set(sr))
+    if no_gt or no_sr:
+        parts = []
+        if no_gt:
+            parts.append(
+                f"{len(no_gt)} image(s) in {sr_dir} without a reference in {gt_dir}: "
+                + ", ".join(sr[k].name for k in no_gt[:5])
+            )
+        if no_sr:
+            parts.append(
+                f"{len(no_sr)} reference(s) in {gt_dir} without an image in {sr_dir}: "
+                + ", ".join(gt[k].name for k in no_sr[:5])
+            )
+        raise ValueError("; ".join(parts) + " (images are paired by file stem)")
+    pairs = []
+    for k in sorted(sr):
+        with Image.open(sr[k]) as a, Image.open(gt[k]) as b:
+            if a.size != b.size:
+                raise ValueError(
+                    f"size mismatch: {sr[k]} is {a.size[0]}x{a.size[1]} but its reference {gt[k]} is "
+                    f"{b.size[0]}x{b.size[1]}; expected equal sizes (no resizing is done)"
+                )
+        pairs.append((k, sr[k], gt[k]))
+    return pairs
+
+
+def load_rgb(path: str | Path) -> torch.Tensor:
+    """Read an image as (1,3,H,W) float32 in [0,1], RGB (PIL ``convert('RGB')``, as pyiqa reads files)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+
+
+def _pyiqa_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("pyiqa")
+    except Exception:  # not installed
+        return None
+
+
+def evaluate_dirs(
+    sr_dir: str | Path,
+    gt_dir: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    crop_border: int = 0,
+    device: str = "cpu",
+    strip_suffixes: Sequence[str] = (),
+) -> EvalResult:
+    """Score every image of ``sr_dir`` (against ``gt_dir`` when given).
+
+    Args:
+        sr_dir: folder of restored images.
+        gt_dir: folder of references with the same stems and sizes; None for no-reference metrics only.
+        metrics: metric names (see ``seesr.metrics.registry.METRICS``); None = all the inputs allow.
+        crop_border: pixels removed per side for PSNR/SSIM (0 = none, the default protocol).
+        device: torch device for the learned metrics.
+        strip_suffixes: suffixes removed from file stems before pairing (e.g. ``["_out", "_HR"]``).
+
+    Returns:
+        An :class:`EvalResult`; metrics that could not be loaded or computed are in ``failures``.
+
+    Raises:
+        ValueError: unknown metric, full-reference metric without references, missing partner, size mismatch.
+        FileNotFoundError: a folder does not exist.
+    """
+    from seesr.metrics import fidelity, learned
+
+    if crop_border < 0:
+        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
+    specs = resolve_metrics(list(metrics) if metrics else None, have_gt=gt_dir is not None)
+    pairs = match_pairs(sr_dir, gt_dir, strip_suffixes)
+    result = EvalResult(
+        sr_dir=str(sr_dir),
+        gt_dir=None if gt_dir is None else str(gt_dir),
+        metrics=specs,
+        protocol={
+            "y_channel": "Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, RGB in [0,1] (BT.601)",
+            "psnr": "10*log10(1/(MSE_Y + 1e-8)), Y unrounded",
+            "ssim": "Y*255 rounded, Gaussian 11x11 sigma 1.5, valid window, no downsampling",
+            "crop_border": crop_border,
+            "pairing": "file stem" + (f" after stripping {list(strip_suffixes)}" if strip_suffixes else ""),
+            "n_images": len(pairs),
+            "pyiqa": _pyiqa_version(),
+            "device": device,
+        },
+    )
+
+    models: dict[str, Any] = {}
+    fid_extractor = None
+    for spec in specs:
+        if spec.pyiqa_name is None:
+            continue
+        try:
+            if spec.kind == "dist":
+                fid_extractor = learned.load_fid_extractor(device)
+            else:
+                models[spec.name] = learned.load_learned_metric(spec, device)
+        except learned.MetricUnavailableError as err:
+            # reported by the caller (the CLI prints result.failures); debug here to avoid printing twice
+            logger.debug("%s", err)
+            result.failures[spec.name] = str(err)
+
+    per_image_specs = [
+        s
+        for s in specs
+        if s.kind != "dist" and s.name not in result.failures and (s.pyiqa_name is None or s.name in models)
+    ]
+    sums: dict[str, float] = {}
+    try:
+        from tqdm import tqdm
+
+        iterator: Any = tqdm(pairs, desc="eval", unit="img", disable=len(pairs) < 2)
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        iterator = pairs
+    for stem, sr_path, gt_path in iterator:
+        sr = load_rgb(sr_path)
+        gt = load_rgb(gt_path) if gt_path is not None else None
+        row: dict[str, float] = {}
+        for spec in per_image_specs:
+            if spec.name in result.failures:
+                continue
+            try:
+                if spec.name == "psnr":
+                    value = float(fidelity.psnr_y(sr, gt, crop_border)[0])
+                elif spec.name == "ssim":
+                    value = float(fidelity.ssim_y(sr, gt, crop_border)[0])
+                else:
+                    model = models[spec.name]
+                    value = learned.score_batch(
+                        model, sr.to(device), gt.to(device) if spec.needs_gt and gt is not None else None
+                    )[0]
+            except Exception as err:  # one metric failing on one image must not stop the others
+                msg = f"{spec.label}: failed on {sr_path.name}: {type(err).__name__}: {err}".splitlines()[0]
+                logger.debug("%s", msg)
+                result.failures[spec.name] = msg
+                continue
+            row[spec.name] = value
+            sums[spec.name] = sums.get(spec.name, 0.0) + value
+        result.per_image[stem] = row
+
+    for spec in per_image_specs:
+        if spec.name not in result.failures:
+            result.aggregate[spec.name] = sums.get(spec.name, math.nan) / max(1, len(pairs))
+    for stem in result.per_image:  # drop partial columns of metrics that failed midway
+        for name in result.failures:
+            result.per_image[stem].pop(name, None)
+
+    if fid_extractor is not None:
+        try:
+            result.aggregate["fid"] = learned.fid_files(
+                [p for _, p, _ in pairs], [g for _, _, g in pairs if g is not None], fid_extractor
+            )
+        except Exception as err:
+            msg = f"FID: {type(err).__name__}: {err}".splitlines()[0]
+            logger.debug("%s", msg)
+            result.failures["fid"] = msg
+    # keep the aggregate in Table 2 order
+    result.aggregate = {s.name: result.aggregate[s.name] for s in specs if s.name in result.aggregate}
+    return result
