@@ -548,3 +548,14 @@ def test_subprocess_smoke(tmp_path: Path) -> None:
     )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{bad}: empty file (0 bytes)" in r.stderr and "0 written, 0 skipped (exist), 1 failed" in r.stdout
+
+
+def test_device_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("SEESR_WEIGHTS", raising=False)
+    src = png(tmp_path / "a.png")
+    for device, message in [("gpu", "--device gpu: unknown device"), ("mps:0", "MPS is not available")]:
+        rc = main(
+            ["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(tmp_path), "--device", device]
+        )
+        err = capsys.readouterr().err
+        assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err

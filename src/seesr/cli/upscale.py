@@ -120,7 +120,13 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     s.add_argument(
         "--sample-times", dest="sample_times", type=int, help="samples per image (1); seeds seed+k"
     )
-    s.add_argument("--color-fix", dest="color_fix", type=_color_fix, choices=["adain", "wavelet", "none"])
+    s.add_argument(
+        "--color-fix",
+        "--align-method",
+        dest="color_fix",
+        type=_color_fix,
+        choices=["adain", "wavelet", "none"],
+    )
     s.add_argument("--start-point", dest="start_point", choices=["lr", "noise"], help="LR embedding or noise")
     s.add_argument("--start-timestep", dest="start_timestep", type=_start_timestep, help="999 or 'first'")
     s.add_argument("--scheduler", help="ddpm (default), ddim, dpmsolver++, unipc, euler")
@@ -134,10 +140,34 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     t.add_argument(
         "--tile-size", dest="tile_size", type=int, help="latent diffusion tile in pixels (x8 latents)"
     )
-    t.add_argument("--latent-tile-size", dest="latent_tile_size", type=int, help="latent tile (96)")
-    t.add_argument("--latent-tile-overlap", dest="latent_tile_overlap", type=int, help="latent overlap (32)")
-    t.add_argument("--vae-encoder-tile-size", dest="vae_encoder_tile_size", type=int, help="pixels (1024)")
-    t.add_argument("--vae-decoder-tile-size", dest="vae_decoder_tile_size", type=int, help="latent px (224)")
+    t.add_argument(
+        "--latent-tile-size",
+        "--latent-tiled-size",
+        dest="latent_tile_size",
+        type=int,
+        help="latent tile (96)",
+    )
+    t.add_argument(
+        "--latent-tile-overlap",
+        "--latent-tiled-overlap",
+        dest="latent_tile_overlap",
+        type=int,
+        help="latent overlap (32)",
+    )
+    t.add_argument(
+        "--vae-encoder-tile-size",
+        "--vae-encoder-tiled-size",
+        dest="vae_encoder_tile_size",
+        type=int,
+        help="pixels (1024)",
+    )
+    t.add_argument(
+        "--vae-decoder-tile-size",
+        "--vae-decoder-tiled-size",
+        dest="vae_decoder_tile_size",
+        type=int,
+        help="latent px (224)",
+    )
 
     r = p.add_argument_group("runtime and files")
     r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
@@ -294,7 +324,16 @@ def _device_dtype(device: str | None, dtype: str | None) -> tuple[Any, Any]:
             device = "mps"
         else:
             device = "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {device}: unknown device; expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: MPS is not available here")
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if dtype in (None, "auto"):
         dt = torch.float16 if dev.type == "cuda" else torch.float32
