@@ -602,20 +602,22 @@ class DAPE(nn.Module):
         expected = self.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"{source}: state does not match the DAPE architecture; missing {len(missing)} keys "
-                f"{missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]}"
-            )
         bad = [
             f"{k}: {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
             for k, v in state.items()
-            if tuple(v.shape) != tuple(expected[k].shape)
+            if k in expected and tuple(v.shape) != tuple(expected[k].shape)
         ]
-        if bad:
+        if missing or unexpected or bad:
+            parts = []
+            if bad:
+                parts.append(f"{len(bad)} tensors have the wrong shape: " + "; ".join(bad[:5]))
+            if missing:
+                parts.append(f"missing {len(missing)} keys {missing[:5]}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} keys {unexpected[:5]}")
             raise ValueError(
-                f"{source}: {len(bad)} tensors have the wrong shape for this architecture "
-                f"(pass `arch` for a non-default one): " + "; ".join(bad[:5])
+                f"{source} does not match the DAPE architecture (embed_dim {self.config.embed_dim}, depths "
+                f"{list(self.config.depths)}; pass `arch` for a non-default one): " + "; ".join(parts)
             )
         self.load_state_dict(state, strict=True, assign=True)
         self.visual_encoder.init_buffers()

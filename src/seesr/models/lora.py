@@ -261,8 +261,9 @@ def lora_state_dict(module: nn.Module, prefix: str = "") -> dict[str, torch.Tens
     out: dict[str, torch.Tensor] = {}
     for name, layer in iter_lora_layers(module):
         if layer.lora_A is not None:
-            out[f"{prefix}{name}.lora_A"] = layer.lora_A.detach()
-            out[f"{prefix}{name}.lora_B"] = layer.lora_B.detach()
+            base = f"{prefix}{name}." if name else prefix
+            out[f"{base}lora_A"] = layer.lora_A.detach()
+            out[f"{base}lora_B"] = layer.lora_B.detach()
     return out
 
 
