@@ -30,7 +30,7 @@ def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c)).astype(np.uint8)
 
 
-def png16_bytes(values: np.ndarray) -> bytes:
+def png16_bytes(values: np.ndarray, trns: bytes | None = None) -> bytes:
     """16-bit PNG of uint16 (H,W) or (H,W,C), C in 1..4; rows cycle through all five PNG filter types so the
     decoder's un-filtering with 6/8-byte pixels is exercised."""
     a = values if values.ndim == 3 else values[..., None]
@@ -64,6 +64,7 @@ def png16_bytes(values: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
+        + (chunk(b"tRNS", trns) if trns else b"")
         + chunk(b"IDAT", zlib.compress(bytes(out)))
         + chunk(b"IEND", b"")
     )
@@ -175,6 +176,15 @@ def test_png16_keeps_all_16_bits(tmp_path: Path, channels: int) -> None:
     assert img.is_grey == (channels < 3)
 
 
+def test_png16_colour_key_transparency(tmp_path: Path) -> None:
+    v = np.full((3, 4, 3), 1000, dtype=np.uint16)
+    v[1, 2] = (258, 513, 4)  # equal high bytes elsewhere would not matter: the key is compared on 16 bits
+    p = tmp_path / "k.png"
+    p.write_bytes(png16_bytes(v, trns=struct.pack(">HHH", 258, 513, 4)))
+    img = sio.load_image(p)
+    assert img.alpha is not None and img.alpha[1, 2] == 0 and img.alpha.sum() == 11
+
+
 def test_png16_low_values_not_clipped(tmp_path: Path) -> None:
     """Pillow's convert('RGB') on I;16 clips most pixels to 255; values must stay v/65535."""
     v = np.array([[0, 100, 1000, 30000, 65535]], dtype=np.uint16)
@@ -236,6 +246,14 @@ def test_float_tiff_in_range_and_refused_out_of_range(tmp_path: Path) -> None:
     Image.fromarray(v * 4).save(bad)
     with pytest.raises(BadImageError, match=r"values in \[0, 4\]; expected \[0, 1\]"):
         sio.load_image(bad)
+
+
+def test_float_rgb_tiff_refused_clearly(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    p = tmp_path / "f3.tif"
+    tifffile.imwrite(p, np.random.default_rng(0).random((4, 4, 3), dtype=np.float32), photometric="rgb")
+    with pytest.raises(BadImageError, match="TIFF layout not supported .*float RGB"):
+        sio.load_image(p)
 
 
 def test_icc_wide_gamut_converted_to_srgb(tmp_path: Path) -> None:
@@ -343,6 +361,16 @@ def test_truncated_refused_unless_allowed(tmp_path: Path, fmt: str) -> None:
     from PIL import ImageFile
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # the global switch was restored
+
+
+def test_truncated_16bit_png(tmp_path: Path) -> None:
+    data = png16_bytes(np.random.default_rng(1).integers(0, 65536, (40, 30, 3), dtype=np.uint16))
+    p = tmp_path / "t16.png"
+    p.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(BadImageError, match="truncated"):
+        sio.load_image(p)
+    img = sio.load_image(p, allow_truncated=True)
+    assert img.bit_depth == 16 and img.rgb.shape == (40, 30, 3)
 
 
 def test_multiframe_refused(tmp_path: Path) -> None:

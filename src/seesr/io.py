@@ -446,6 +446,7 @@ def load_image(
                     "extract the frame you want into its own file"
                 )
         rawmode = _rawmode(im)
+        truncated = False
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -467,12 +468,15 @@ def load_image(
                     except OSError as err2:
                         raise BadImageError(f"{path}: cannot decode even as truncated ({err2})") from None
                 notes.append(f"truncated {im.format} file: the missing part was filled by the decoder")
+                truncated = True
         for w in caught:
             if not issubclass(w.category, Image.DecompressionBombWarning):
                 notes.append(f"decoder warning: {w.message}")
         orientation = _exif_orientation(im)
         icc = im.info.get("icc_profile") or None
-        rgb, alpha, is_grey, bit_depth, carried = _to_arrays(path, im, rawmode, icc, notes)
+        # 16-bit layouts decode the file a second time: under the same truncation allowance
+        with _pillow_globals(load_truncated=truncated):
+            rgb, alpha, is_grey, bit_depth, carried = _to_arrays(path, im, rawmode, icc, notes)
     finally:
         im.close()
     if orientation != 1:
@@ -497,8 +501,12 @@ def _to_arrays(
     alpha: np.ndarray | None = None
     carried: bytes | None = None
     if _is_wide16(rawmode):  # 48/64-bit RGB(A): both bytes, no clipping
-        data = _decode16(path, im).astype(np.float32) / 65535.0
+        raw16 = _decode16(path, im)
+        data = raw16.astype(np.float32) / 65535.0
         rgb, alpha = data[..., :3], (data[..., 3] if mode == "RGBA" and rawmode.startswith("RGBA") else None)
+        key = im.info.get("transparency")
+        if alpha is None and isinstance(key, tuple) and len(key) == 3:  # tRNS colour key, 16-bit values
+            alpha = (raw16[..., :3] != np.array(key, dtype=np.uint16)).any(axis=-1).astype(np.float32)
         is_grey = bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
         if icc:
             carried = icc
