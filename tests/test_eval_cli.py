@@ -64,6 +64,18 @@ def test_eval_writes_csv_json_markdown(tmp_path, capsys):
     assert "PSNR ↑" in capsys.readouterr().out
 
 
+def test_eval_plot_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    sr, gt = _folders(tmp_path)
+    out = tmp_path / "o"
+    assert (
+        main(["eval", "--sr", str(sr), "--gt", str(gt), "--metrics", "psnr", "--out", str(out), "--plot"])
+        == 0
+    )
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(out / "plot.png").size[0] > 100
+
+
 def test_eval_crop_border_flag(tmp_path):
     sr, gt = _folders(tmp_path)
     rc = main(

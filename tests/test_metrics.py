@@ -179,6 +179,18 @@ def test_average_precision_tie_order_does_not_matter():
     assert a == b == pytest.approx(0.25 + 1 / 3)
 
 
+def test_average_precision_equals_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        relevant = rng.random(40) < 0.3
+        relevant[0] = True
+        scores = np.round(rng.random(40), 1)  # rounded: many ties
+        assert tagging.average_precision(scores.tolist(), relevant.tolist()) == pytest.approx(
+            metrics.average_precision_score(relevant, scores), abs=1e-12
+        )
+
+
 # -------------------------------------------------------------------- learned metrics: unavailable path
 
 
