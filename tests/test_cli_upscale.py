@@ -559,3 +559,31 @@ def test_device_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
         )
         err = capsys.readouterr().err
         assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_real_tiny_pipeline_through_cli(tmp_path: Path, fixtures_dir: Path, capsys) -> None:
+    """The CLI output equals a direct SeeSRPipeline call on the same file (tiny random weights)."""
+    from seesr.config import SamplingConfig, TilingConfig
+    from seesr.io import load_image
+    from seesr.pipeline.pipeline import SeeSRPipeline
+
+    ram = fixtures_dir / "ram-tiny"
+    parts = {
+        "sd2": fixtures_dir / "sd2-tiny",
+        "seesr": fixtures_dir / "seesr-tiny",
+        "ram": ram / "ram_tiny.pth",
+        "dape": ram / "DAPE_tiny.pth",
+        "dape_arch": ram / "arch.json",
+    }
+    src = fixtures_dir / "reference" / "lr" / "coffee_48x64.png"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in parts.items()]
+    rc = main(["upscale", str(src), "-o", str(tmp_path), "--steps", "2", "--process-size", "64", *flags])
+    assert rc == 0, capsys.readouterr().err
+    pipe = SeeSRPipeline.from_official(**parts, device="cpu", dtype=torch.float32)
+    lr = torch.from_numpy(load_image(src).rgb).permute(2, 0, 1)[None]
+    ref = pipe(lr, sampling=SamplingConfig(num_inference_steps=2, process_size=64), tiling=TilingConfig())
+    want = np.round(ref.image[0].permute(1, 2, 0).numpy().clip(0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(u8(tmp_path / "coffee_48x64.png"), want)
+    side = json.loads((tmp_path / "coffee_48x64.json").read_text())
+    assert side["tags"] == ref.tags and side["prompt"] == ref.prompt
