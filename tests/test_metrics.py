@@ -124,6 +124,57 @@ def test_frechet_distance_full_covariances_match_sqrtm():
     assert learned.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-9)
 
 
+def test_frechet_distance_equals_pyiqa():
+    pytest.importorskip("pyiqa")
+    from pyiqa.archs.fid_arch import frechet_distance as pyiqa_frechet
+
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
+    mu1, mu2, s1, s2 = rng.normal(size=8), rng.normal(size=8), a @ a.T, b @ b.T
+    assert learned.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        pyiqa_frechet(mu1, s1, mu2, s2), rel=1e-8
+    )
+
+
+def test_fid_extractor_wiring_with_a_stand_in_network(tmp_path, monkeypatch):
+    # the real InceptionV3 needs weights; a stand-in network checks the clean-resize loader and the
+    # features -> Gaussian -> Fréchet path: identical sets give 0, different sets > 0
+    pytest.importorskip("pyiqa")
+
+    class _Net:
+        def __call__(self, x, resize, normalize):
+            assert x.shape[1:] == (3, 299, 299) and x.min() >= -1 and x.max() <= 1
+            return [torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)[:, :, None, None]]
+
+    class _Fid:
+        net = type("N", (), {"model": _Net()})()
+
+    monkeypatch.setattr(learned, "_create_pyiqa_metric", lambda spec, device: _Fid())
+    sr, gt = _write_pair_folders(tmp_path, n=4)
+    extract = learned.load_fid_extractor("cpu")
+    files_sr, files_gt = sorted(sr.iterdir()), sorted(gt.iterdir())
+    assert extract(files_sr).shape == (4, 6)
+    assert learned.fid_files(files_gt, files_gt, extract) == pytest.approx(0.0, abs=1e-9)
+    assert learned.fid_files(files_sr, files_gt, extract) > 0
+
+
+def test_real_pyiqa_call_path_needs_no_weights_for_psnr_and_entropy():
+    # load_learned_metric + score_batch through pyiqa.create_metric itself, with metrics that need no weights
+    pytest.importorskip("pyiqa")
+    from seesr.metrics.registry import MetricSpec
+
+    g = torch.Generator().manual_seed(8)
+    gt = torch.rand(2, 3, 32, 40, generator=g)
+    sr = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    spec = MetricSpec("p", "P", "fr", False, "psnr", {"test_y_channel": True, "color_space": "ycbcr"})
+    got = learned.score_batch(learned.load_learned_metric(spec, "cpu"), sr, gt)
+    assert got == pytest.approx(fidelity.psnr_y(sr, gt).tolist(), abs=1e-4)
+    nr = learned.score_batch(
+        learned.load_learned_metric(MetricSpec("e", "E", "nr", False, "entropy"), "cpu"), sr
+    )
+    assert len(nr) == 2 and all(0 < v <= 8 for v in nr)
+
+
 def test_fid_files_on_toy_gaussian_features(tmp_path):
     # features drawn from N(0, I) and N(1, 4I) in 2-D: FID -> 2*1 + 2*(1 - 2)² = 4 as N grows
     rng = np.random.default_rng(2)
