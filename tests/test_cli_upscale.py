@@ -561,6 +561,44 @@ def test_device_mistakes_are_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
         assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+SIGTERM_SCRIPT = """
+import sys, time, torch
+import seesr.cli.upscale as up
+from seesr.cli import main
+
+class Slow:
+    def __call__(self, image, *, sampling, tiling, tags=None, callback=None):
+        if image.shape[-1] == 4:  # the second image: wait to be killed
+            print("busy", flush=True)
+            time.sleep(60)
+        return type("R", (), {"image": image.repeat_interleave(4, -1).repeat_interleave(4, -2),
+                              "tags": [], "prompt": "", "settings": {}})()
+
+up._load_pipeline = lambda args, run: Slow()
+sys.exit(main(["upscale", sys.argv[1], "-o", sys.argv[2]]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_mid_batch_leaves_complete_outputs(tmp_path: Path) -> None:
+    import signal
+
+    png(tmp_path / "in" / "a.png", rand_u8((3, 3, 3)))
+    png(tmp_path / "in" / "b.png", rand_u8((4, 4, 3)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(tmp_path / "in"), str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "busy"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted; 1 written" in err
+    assert u8(tmp_path / "out" / "a.png").shape == (12, 12, 3)
+    assert not (tmp_path / "out" / "b.png").exists() and no_temp_files(tmp_path)
+
+
 @pytest.mark.slow
 def test_real_tiny_pipeline_through_cli(tmp_path: Path, fixtures_dir: Path, capsys) -> None:
     """The CLI output equals a direct SeeSRPipeline call on the same file (tiny random weights)."""

@@ -14,11 +14,13 @@ Explicit flags beat the environment so that a stale variable never silently over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +401,31 @@ def _prepare_out_dir(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with _sigterm_as_interrupt():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, ``timeout``, container stop) like Ctrl-C so temp files are cleaned up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run(args: argparse.Namespace) -> int:
     from seesr import io
 
     if not args.output:
