@@ -183,6 +183,18 @@ def test_eval_tagging_mode(tmp_path, capsys):
         main(["eval", "--tags", str(tmp_path / "pred2.json"), "--labels", str(tmp_path / "labels.json")]) == 0
     )
     assert "| tagger | 0.6000 | 0.7500 | - |" in capsys.readouterr().out
+    # labels as strings too; an unknown entry type is a clear error
+    (tmp_path / "labels2.json").write_text(json.dumps({"img1": "cat, dog", "img2": "dog", "img3": ["car"]}))
+    assert (
+        main(["eval", "--tags", str(tmp_path / "pred2.json"), "--labels", str(tmp_path / "labels2.json")])
+        == 0
+    )
+    assert "| tagger | 0.6000 | 0.7500 | - |" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text(json.dumps({"img1": 3}))
+    assert (
+        main(["eval", "--tags", str(tmp_path / "bad.json"), "--labels", str(tmp_path / "labels.json")]) == 1
+    )
+    assert "entry 'img1' must be a list of tags" in capsys.readouterr().err
 
 
 def test_eval_combine_builds_table2(tmp_path, capsys):

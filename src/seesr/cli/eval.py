@@ -145,7 +145,7 @@ def _run_tagging(args: argparse.Namespace) -> int:
     if not args.labels:
         raise ValueError("--tags needs --labels (image -> true tags)")
     preds, scores = _parse_predictions(_load_json(args.tags), args.tags)
-    labels = {k: list(v) for k, v in _load_json(args.labels).items()}
+    labels, _ = _parse_predictions(_load_json(args.labels), args.labels)
     classes = None
     if args.classes == "coco":
         classes = sorted(set(COCO_TO_RAM.values()))
