@@ -1,0 +1,167 @@
+"""Stage-2 training (issue 6): one step equals the official train_seesr.py step (fixtures README §11); trainable set;
+SD-2-size trainable count; the training loop's outputs load like the release."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seesr.io import load_image
+from seesr.models.controlnet import SeeSRControlNet
+from seesr.models.unet import SeeSRUNet
+from seesr.training.config import RAMConfig
+from seesr.training.models import (
+    configure_trainable,
+    count_parameters,
+    load_frozen_sd2,
+    load_soft_prompt,
+    sd2_size_trainable_count,
+)
+from seesr.training.steps import SeeSRDraws, captions_with_null_text, seesr_ram_input, seesr_training_step
+from tests.test_models import SD2_UNET
+
+STEMS = ("0000001", "0000002")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The fixtures were built with torch.set_num_threads(1); resizes are bit-exact only with one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def read(path) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(load_image(path).rgb)).permute(2, 0, 1).contiguous()
+
+
+@pytest.fixture(scope="module")
+def step_result(fixtures_dir):
+    ref = load_file(fixtures_dir / "reference" / "train_step_seesr.safetensors")
+    info = json.loads((fixtures_dir / "reference" / "train_step_seesr.json").read_text())
+    ram = fixtures_dir / "ram-tiny"
+    unet = SeeSRUNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="unet")
+    controlnet = SeeSRControlNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="controlnet")
+    vae, text_encoder, tokenizer, scheduler = load_frozen_sd2(fixtures_dir / "sd2-tiny")
+    dape = load_soft_prompt(
+        RAMConfig(
+            ram_checkpoint=str(ram / "ram_tiny.pth"),
+            dape_checkpoint=str(ram / "DAPE_tiny.pth"),
+            tag_list=str(ram / "ram_tag_list.txt"),
+            thresholds=str(ram / "ram_tag_list_threshold.txt"),
+            arch=str(ram / "arch.json"),
+        )
+    )
+    train = fixtures_dir / "reference" / "train"
+    gt = torch.stack([read(train / "gt" / f"{s}.png") for s in STEMS])
+    cond = torch.stack([read(train / "sr_bicubic" / f"{s}.png") for s in STEMS])
+    prompts = [(train / "tag" / f"{s}.txt").read_text() for s in STEMS]
+    trainable = configure_trainable(unet, controlnet)
+    controlnet.train()
+    draws = SeeSRDraws(ref["vae_posterior_eps"], ref["timesteps"], ref["noise"], torch.tensor([0.7, 0.2]))
+    with one_thread():
+        ram_input = seesr_ram_input(cond)
+    out = seesr_training_step(
+        unet=unet,
+        controlnet=controlnet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=scheduler,
+        soft_prompt=dape,
+        gt=gt,
+        cond=cond,
+        prompts=prompts,
+        draws=draws,
+        null_text_ratio=0.5,
+    )
+    out.loss.backward()
+    frozen = [p for m in (vae, text_encoder, dape) for p in m.parameters()]
+    frozen += [p for n, p in unet.named_parameters() if ".image_attentions." not in n]
+    return dict(
+        ref=ref, info=info, out=out, gt=gt, cond=cond, ram_input=ram_input, trainable=trainable, frozen=frozen
+    )
+
+
+def _norm(params) -> float:
+    return float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)))
+
+
+def test_inputs_match_official_dataset(step_result):
+    ref, info = step_result["ref"], step_result["info"]
+    assert torch.equal(step_result["gt"] * 2 - 1, ref["pixel_values"])
+    assert torch.equal(step_result["cond"], ref["conditioning_pixel_values"])
+    x = step_result["ram_input"]
+    assert torch.equal(x[:, :, :24, :24], ref["ram_values_patch"])
+    for i, digest in enumerate(info["data"]["ram_values"]["digest"]):
+        assert hashlib.sha256(x[i].contiguous().numpy().tobytes()).hexdigest() == digest["sha256_le_bytes"]
+
+
+def test_one_step_matches_official(step_result):
+    ref, info, out = step_result["ref"], step_result["info"], step_result["out"]
+    assert out.captions == info["data"]["prompts"]
+    assert (out.image_embeds - ref["ram_image_embeds"]).abs().max() <= 1e-5 * ref[
+        "ram_image_embeds"
+    ].abs().max()
+    assert (out.latents - ref["latents"]).abs().max() <= 1e-5
+    assert (out.model_pred - ref["model_pred"]).abs().max() <= 1e-5 * max(1.0, ref["model_pred"].abs().max())
+    assert abs(out.loss.item() - info["loss"]) <= 1e-5 * abs(info["loss"])
+    assert abs(out.loss.item() - ref["loss"].item()) <= 1e-5 * abs(info["loss"])
+
+
+def test_one_step_gradients_match_official(step_result):
+    info, ref, trainable = step_result["info"], step_result["ref"], step_result["trainable"]
+    norms = info["grad_norms"]
+    cn = [p for n, p in trainable if n.startswith("controlnet.")]
+    rca = [p for n, p in trainable if n.startswith("unet.")]
+    for got, want in (
+        (_norm(cn), norms["controlnet_total"]),
+        (_norm(rca), norms["unet_image_attentions_total"]),
+        (_norm(cn + rca), norms["global_norm_clip_grad_norm_"]),
+    ):
+        assert abs(got - want) <= 1e-4 * want, (got, want)
+    named = dict(trainable)
+    for key, want in norms["per_parameter"].items():
+        got = float(named[key].grad.double().norm())
+        assert abs(got - want) <= 1e-4 * max(want, 1e-3 * norms["global_norm_clip_grad_norm_"]), key
+    full = [k for k in ref if k.startswith("grad/")]
+    assert len(full) == 7
+    for key in full:
+        g_ref = ref[key]
+        g = named[key[len("grad/") :]].grad
+        assert (g - g_ref).abs().max() <= 1e-4 * g_ref.abs().max(), key
+
+
+def test_trainable_set_is_controlnet_plus_rca(step_result):
+    info, trainable = step_result["info"], step_result["trainable"]
+    assert len(trainable) == 674
+    assert count_parameters(trainable) == 962_656
+    # same names (registration order differs: our RCA lists are attached after the stock sub-modules)
+    assert sorted(n for n, _ in trainable) == sorted(
+        [f"controlnet.{n}" for n in info["trainable"]["controlnet_names"]]
+        + [f"unet.{n}" for n in info["trainable"]["unet_trainable_names"]]
+    )
+    assert all(p.requires_grad and p.grad is not None for _, p in trainable)
+    assert all(not p.requires_grad and p.grad is None for p in step_result["frozen"])
+
+
+def test_null_text_rule():
+    u = torch.tensor([0.7, 0.2, 0.5, 0.4999])
+    assert captions_with_null_text(["a,", "b,", "c,", "d,"], u, 0.5) == ["a,", "", "c,", ""]
+    assert captions_with_null_text(["a,"], torch.tensor([0.0]), 0.0) == ["a,"]
+    with pytest.raises(ValueError, match="null-text"):
+        captions_with_null_text(["a,"], u, 0.5)
+
+
+def test_sd2_size_trainable_count_on_meta():
+    n_controlnet, n_rca = sd2_size_trainable_count(SD2_UNET)
+    assert (n_controlnet, n_rca) == (489_031_440, 260_849_600)
