@@ -1,0 +1,499 @@
+"""SeeSRPipeline: semantics-aware real-world x4 super-resolution (paper §3.4, spec §1, DESIGN.md §5).
+
+One ``__call__`` runs the numbered steps of DESIGN.md §5 on one LR image:
+
+1. size      ``prepare_image``: enlarge small inputs, x upscale, floor to a multiple of 8 (PIL bicubic)
+2. DAPE      ``extract_prompt``: tags (hard prompt) + image embeddings (soft prompt) from the ORIGINAL LR
+3. text      ``encode_prompt``: "<tags>, <prompt>,<added prompt>" and the negative prompt -> CLIP embeddings
+4. LRE       ``prepare_latents``: VAE latent of the upscaled LR, noised to the start timestep
+5. denoise   ``denoise``: ControlNet -> UNet (+RCA) with CFG, tiled when large; scheduler steps
+6. decode    ``decode_latents``: VAE decode (tiled when large)
+7. colour    colour fix against the upscaled LR; resize to exactly LR x upscale
+
+``faithful=True`` reproduces the official implementation's quirks (spec §9 items 1, 2, 8, 9, 12); the default
+differs only where DESIGN.md §8 says so (per-image generator, side-length tiling rule, symmetric tile weights).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from seesr.config import SamplingConfig, TilingConfig, config_to_dict
+from seesr.models.controlnet import SeeSRControlNet
+from seesr.models.dape import DAPE
+from seesr.models.unet import SeeSRUNet
+from seesr.pipeline import color_fix, schedulers, sizing, vae_tiling
+from seesr.pipeline import tiling as latent_tiling
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class NoiseSource(Protocol):
+    """Where the pipeline's random draws come from (tests inject recorded draws through this)."""
+
+    def randn(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 CPU standard-normal tensor of ``shape`` for the draw called ``name``."""
+        ...
+
+
+class GeneratorNoise:
+    """Draws from seeded CPU generators, so the same seed gives the same noise on every device.
+
+    ``init_noise`` and the scheduler's step noise come from ``generator``. The VAE posterior draw
+    (``vae_posterior_eps``) comes from ``posterior_generator``: the official code draws it from the global RNG
+    (spec §9 item 2), which the faithful mode imitates with a second generator seeded like ``set_seed(seed)``.
+    """
+
+    def __init__(
+        self, generator: torch.Generator, posterior_generator: torch.Generator | None = None
+    ) -> None:
+        self.generator = generator
+        self.posterior_generator = posterior_generator or generator
+
+    def randn(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        gen = self.posterior_generator if name == "vae_posterior_eps" else self.generator
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+
+@dataclass
+class UpscaleResult:
+    """Output of :meth:`SeeSRPipeline.__call__`.
+
+    Attributes:
+        image: (1, 3, H, W) float32 in [0, 1], RGB, CPU, at ``round(LR size x upscale)``.
+        tags: the tags used in the prompt.
+        prompt: the full positive prompt.
+        settings: JSON-serialisable resolved settings (sampling, tiling, sizes, timesteps).
+        trace: named intermediate tensors when requested (``return_trace=True``), else empty.
+    """
+
+    image: torch.Tensor
+    tags: list[str]
+    prompt: str
+    settings: dict[str, Any]
+    trace: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def assemble_prompt(tags: list[str], prompt: str, added_prompt: str) -> str:
+    """The official prompt: ``f"{', '.join(tags)}, {prompt},"`` + added prompt (spec §1.3 step 3)."""
+    return f"{', '.join(tags)}, {prompt}," + added_prompt
+
+
+class SeeSRPipeline(DiffusionPipeline):
+    """SeeSR x4 super-resolution over VAE, CLIP text encoder, scheduler, SeeSRUNet, SeeSRControlNet and DAPE.
+
+    Build it with :meth:`from_official` (the released files, unchanged) or :meth:`from_pretrained` (a folder
+    written by :meth:`save_pretrained` or ``seesr download``). ``pipe.to(device)`` moves every model; dtypes are
+    chosen at load time (DAPE stays fp32 by default, as the official script runs it).
+    """
+
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler: SchedulerMixin,
+        unet: SeeSRUNet,
+        controlnet: SeeSRControlNet,
+        dape: DAPE | None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            unet=unet,
+            controlnet=controlnet,
+            dape=dape,
+        )
+
+    # ------------------------------------------------------------------ loading (see seesr.pipeline.loading)
+    @classmethod
+    def from_official(cls, *args: Any, **kwargs: Any) -> SeeSRPipeline:
+        """Assemble from the officially released parts; see :func:`seesr.pipeline.loading.load_official`."""
+        from seesr.pipeline.loading import load_official
+
+        return load_official(cls, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> SeeSRPipeline:  # type: ignore[override]
+        """Load a folder from :meth:`save_pretrained` or ``seesr download``; see ``loading.load_folder``."""
+        from seesr.pipeline.loading import load_folder
+
+        return load_folder(cls, directory, **kwargs)
+
+    def save_pretrained(self, directory: str | Path, **_: Any) -> None:  # type: ignore[override]
+        """Write one self-contained folder (every component in its own sub-folder, DAPE merged)."""
+        from seesr.pipeline.loading import save_folder
+
+        save_folder(self, directory)
+
+    # ------------------------------------------------------------------ step 2: DAPE
+    @torch.no_grad()
+    def extract_prompt(self, lr: torch.Tensor, *, antialias: bool = False) -> tuple[list[str], torch.Tensor]:
+        """DAPE on the original LR.
+
+        Args:
+            lr: (1, 3, h, w) float in [0, 1], the original LR (before any resizing, spec §1.4).
+            antialias: antialias the 384-px resize (official: False).
+
+        Returns:
+            ``(tags, image_embeds)``: tag names in tag-list order and the (1, 145, 512) soft prompt.
+        """
+        if self.dape is None:
+            raise ValueError("this pipeline has no DAPE: pass tags= and image_embeds=, or prompt_mode='none'")
+        out = self.dape(lr.to(self.dape.device, self.dape.dtype), antialias=antialias)
+        return out.tags[0], out.image_embeds
+
+    def extract_tags(self, image: torch.Tensor | Image.Image) -> list[str]:
+        """DAPE tags of an LR image ((1, 3, h, w) float in [0, 1], or a PIL image)."""
+        return self.extract_prompt(_as_tensor(image))[0]
+
+    # ------------------------------------------------------------------ step 3: text
+    @torch.no_grad()
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str, do_cfg: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP-encode the prompt (and the negative prompt for CFG), padded to 77 tokens, no attention mask.
+
+        Returns:
+            ``(prompt_embeds, prompt_input_ids)``: (2, 77, D) = [negative, positive] with CFG, else (1, 77, D);
+            and the (1, 77) token ids of the positive prompt.
+        """
+        ids = self._tokenize(prompt)
+        embeds = self.text_encoder(ids.to(self.text_encoder.device))[0]
+        if do_cfg:
+            neg = self.text_encoder(self._tokenize(negative_prompt).to(self.text_encoder.device))[0]
+            embeds = torch.cat([neg, embeds])
+        return embeds, ids
+
+    def _tokenize(self, text: str) -> torch.Tensor:
+        return self.tokenizer(
+            text,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+    # ------------------------------------------------------------------ step 4: LRE
+    @torch.no_grad()
+    def encode_lr(
+        self, lr_up: torch.Tensor, noise: NoiseSource, *, batch: int, tiling_cfg: TilingConfig
+    ) -> torch.Tensor:
+        """Scaled LR latent ``z_lr`` = posterior sample of VAE(2·lr_up − 1) x scaling factor.
+
+        Args:
+            lr_up: (1, 3, H, W) in [0, 1], the condition image.
+            batch: rows of the posterior draw (official: the CFG-doubled batch, row 0 used).
+
+        Returns:
+            (1, 4, H/8, W/8) scaled latents in the VAE dtype.
+        """
+        vae = self.vae
+        x = (lr_up * 2 - 1).to(vae.device, vae.dtype)
+        h = vae_tiling.tiled_encode(vae.encoder, x, tiling_cfg.vae_encoder_tile_size, out_dtype=vae.dtype)
+        if vae.quant_conv is not None:
+            h = vae.quant_conv(h)
+        posterior = DiagonalGaussianDistribution(h)
+        eps = noise.randn("vae_posterior_eps", (batch, *posterior.mean.shape[1:]))[:1]
+        z = posterior.mean + posterior.std * eps.to(posterior.mean.device, posterior.mean.dtype)
+        return z * vae.config.scaling_factor
+
+    # ------------------------------------------------------------------ step 5: denoise
+    def _predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        image_embeds: torch.Tensor | None,
+        scheduler: SchedulerMixin,
+        sampling: SamplingConfig,
+        tiling_cfg: TilingConfig,
+        trace: dict[str, torch.Tensor] | None,
+        step: int,
+    ) -> torch.Tensor:
+        """One guided noise prediction (tiled when the latent is large).
+
+        Args:
+            latents: (1, 4, h, w) current latents.
+            cond: (1, 3, 8h, 8w) condition image in [0, 1].
+            prompt_embeds: (B, 77, D) with B = 2 under CFG ([negative, positive]).
+            image_embeds: (1, 145, 512) soft prompt, or None when RCA is bypassed.
+
+        Returns:
+            (1, 4, h, w) guided model output (float32 when tiled in faithful mode, as the official code).
+        """
+        do_cfg = sampling.guidance_scale > 1.0
+        rows = 2 if do_cfg else 1
+        unet_dtype = self.unet.dtype
+        model_in = scheduler.scale_model_input(torch.cat([latents] * rows), t).to(unet_dtype)
+        cond_in = torch.cat([cond] * rows).to(self.controlnet.device, self.controlnet.dtype)
+        text = prompt_embeds.to(unet_dtype)
+        bypass = image_embeds is None
+        embeds = None if bypass else torch.cat([image_embeds] * rows).to(self.unet.device, unet_dtype)
+
+        def model(box: latent_tiling.TileBox | None) -> torch.Tensor:
+            x, c = model_in, cond_in
+            if box is not None:
+                x = x[..., box.y0 : box.y1, box.x0 : box.x1]
+                c = c[..., 8 * box.y0 : 8 * box.y1, 8 * box.x0 : 8 * box.x1]
+            down, mid = self.controlnet(
+                x,
+                t,
+                text,
+                c,
+                conditioning_scale=sampling.conditioning_scale,
+                image_encoder_hidden_states=embeds,
+                bypass_rca=bypass,
+                return_dict=False,
+            )
+            out = self.unet(
+                x,
+                t,
+                text,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                image_encoder_hidden_states=embeds,
+                bypass_rca=bypass,
+                return_dict=False,
+            )[0]
+            if trace is not None:
+                key = f"step{step}/unet_out" if box is None else f"step{step}/tile{len(tile_outs)}/unet_out"
+                trace[key] = out.detach().float().cpu()
+                tile_outs.append(box)
+            return out
+
+        tile_outs: list[Any] = []
+        h, w = latents.shape[-2:]
+        tile, overlap = tiling_cfg.latent_tile_size, tiling_cfg.latent_tile_overlap
+        if latent_tiling.needs_tiling(h, w, tile, faithful=sampling.faithful):
+            boxes = latent_tiling.tile_boxes(h, w, tile, overlap, faithful=sampling.faithful)
+            weight_dtype = torch.float64 if sampling.faithful else torch.float32
+            out = latent_tiling.tiled_apply(
+                model,
+                (rows, latents.shape[1], h, w),
+                boxes,
+                functools.partial(
+                    latent_tiling.gaussian_weights, faithful=sampling.faithful, dtype=weight_dtype
+                ),
+                out_dtype=torch.float32 if sampling.faithful else unet_dtype,
+                device=latents.device,
+            )
+        else:
+            out = model(None)
+        if do_cfg:
+            uncond, text_out = out.chunk(2)
+            out = uncond + sampling.guidance_scale * (text_out - uncond)
+        return out
+
+    # ------------------------------------------------------------------ the whole thing
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: torch.Tensor | Image.Image,
+        sampling: SamplingConfig | None = None,
+        tiling: TilingConfig | None = None,
+        *,
+        tags: list[str] | None = None,
+        image_embeds: torch.Tensor | None = None,
+        callback: ProgressCallback | None = None,
+        noise: NoiseSource | None = None,
+        return_trace: bool = False,
+        show_progress: bool = True,
+    ) -> UpscaleResult:
+        """Super-resolve one LR image.
+
+        Args:
+            image: the LR image: (1, 3, h, w) or (3, h, w) float in [0, 1] RGB, or a PIL image.
+            sampling: sampling settings (default :class:`SamplingConfig`).
+            tiling: tiling settings (default :class:`TilingConfig`).
+            tags: use these tags instead of DAPE's (the soft prompt still comes from DAPE).
+            image_embeds: (1, 145, 512) soft prompt to use instead of DAPE's.
+            callback: called as ``callback(step, total)`` after each denoising step; raise to cancel.
+            noise: source of random draws (default: seeded by ``sampling.seed``, fresh for this image).
+            return_trace: keep named intermediate tensors in ``result.trace`` (for tests and debugging).
+            show_progress: show a tqdm bar over the denoising steps.
+
+        Returns:
+            :class:`UpscaleResult` with the (1, 3, H, W) image in [0, 1] at ``round(LR x upscale)``.
+
+        Raises:
+            ValueError: for an image of the wrong shape or range, or inconsistent settings.
+        """
+        sampling = sampling or SamplingConfig()
+        tiling_cfg = tiling or TilingConfig()
+        trace: dict[str, torch.Tensor] | None = {} if return_trace else None
+        device = self.unet.device
+
+        # 1. size
+        lr = _as_tensor(image)
+        plan = sizing.plan_sizes((lr.shape[-1], lr.shape[-2]), sampling.upscale, sampling.process_size)
+        quantize = sampling.faithful or sizing.is_8bit(lr)
+        lr_up = sizing.prepare_image(lr, plan, quantize=quantize).to(device)
+
+        # 2. DAPE
+        use_soft = sampling.prompt_mode in ("full", "soft_only")
+        use_hard = sampling.prompt_mode in ("full", "hard_only")
+        dape_tags: list[str] = []
+        if image_embeds is None and (use_soft or (use_hard and tags is None)):
+            dape_tags, image_embeds = self.extract_prompt(lr)
+        used_tags = (list(tags) if tags is not None else dape_tags) if use_hard else []
+        soft = image_embeds if use_soft else None
+
+        # 3. text
+        do_cfg = sampling.guidance_scale > 1.0
+        prompt = assemble_prompt(used_tags, sampling.prompt, sampling.added_prompt)
+        prompt_embeds, prompt_ids = self.encode_prompt(prompt, sampling.negative_prompt, do_cfg)
+
+        # 4. scheduler + LRE
+        scheduler = schedulers.build_scheduler(
+            self.scheduler.config, sampling.scheduler, sampling.timestep_spacing
+        )
+        scheduler.set_timesteps(sampling.num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        if noise is None:
+            noise = _default_noise(sampling)
+        h, w = plan.latent_hw
+        init_noise = noise.randn("init_noise", (1, 4, h, w)).to(device)
+        start_t = schedulers.resolve_start_timestep(scheduler, sampling.start_timestep)
+        if sampling.start_point == "lr":
+            z_lr = self.encode_lr(
+                lr_up, noise, batch=2 if (do_cfg and sampling.faithful) else 1, tiling_cfg=tiling_cfg
+            )
+            latents = schedulers.noise_lr_latent(scheduler, z_lr.to(init_noise.dtype), init_noise, start_t)
+        else:
+            z_lr = None
+            latents = init_noise * scheduler.init_noise_sigma
+        latents = latents.to(self.unet.dtype)
+        if trace is not None:
+            trace.update(
+                lr_up=lr_up.cpu(), prompt_input_ids=prompt_ids, prompt_embeds=prompt_embeds.float().cpu()
+            )
+            trace.update(init_noise=init_noise.cpu(), x_T=latents.float().cpu(), timesteps=timesteps.cpu())
+            if z_lr is not None:
+                trace["z_lr"] = z_lr.float().cpu()
+            if soft is not None:
+                trace["image_embeds"] = soft.float().cpu()
+
+        # 5. denoise
+        step_kwargs = schedulers.ddpm_step_kwargs(scheduler, getattr(noise, "generator", None))
+        total = len(timesteps)
+        for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
+            eps = self._predict_noise(
+                latents, t, lr_up, prompt_embeds, soft, scheduler, sampling, tiling_cfg, trace, i
+            )
+            latents_in = latents
+            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+            if trace is not None:
+                trace[f"step{i}/t"] = t.cpu()
+                trace[f"step{i}/latents_in"] = latents_in.float().cpu()
+                trace[f"step{i}/eps"] = eps.float().cpu()
+                trace[f"step{i}/latents_out"] = latents.float().cpu()
+            if callback is not None:
+                callback(i + 1, total)
+
+        # 6. decode, 7. colour fix + final size
+        decoded = self.decode_latents(latents, tiling_cfg)
+        sr, out = postprocess(decoded, lr_up, sampling.color_fix, plan.target, quantize=quantize)
+        if trace is not None:
+            trace.update(decoded=decoded.float().cpu(), pipeline_out=sr.cpu())
+
+        settings = {
+            "sampling": config_to_dict(sampling),
+            "tiling": config_to_dict(tiling_cfg),
+            "sizes": {
+                k: list(getattr(plan, k)) for k in ("lr", "enlarged", "upscaled", "processed", "target")
+            },
+            "timesteps": [int(x) for x in timesteps.tolist()],
+            "start_timestep": start_t if sampling.start_point == "lr" else None,
+            "latent_tiled": latent_tiling.needs_tiling(
+                h, w, tiling_cfg.latent_tile_size, faithful=sampling.faithful
+            ),
+            "dtype": str(self.unet.dtype).removeprefix("torch."),
+            "device": str(device),
+        }
+        return UpscaleResult(image=out, tags=used_tags, prompt=prompt, settings=settings, trace=trace or {})
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, tiling_cfg: TilingConfig) -> torch.Tensor:
+        """(1, 4, h, w) scaled latents -> (1, 3, 8h, 8w) decoder output in about [-1, 1] (tiled when large)."""
+        vae = self.vae
+        z = (latents / vae.config.scaling_factor).to(vae.dtype)
+        if vae.post_quant_conv is not None:
+            z = vae.post_quant_conv(z)
+        return vae_tiling.tiled_decode(vae.decoder, z, tiling_cfg.vae_decoder_tile_size, out_dtype=vae.dtype)
+
+
+def postprocess(
+    decoded: torch.Tensor,
+    lr_up: torch.Tensor,
+    color_fix_method: str,
+    target_wh: tuple[int, int],
+    *,
+    quantize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder output -> final image (spec §1.5 step 8, §1.3 steps 6-7, §1.9).
+
+    Args:
+        decoded: (1, 3, H, W) VAE decoder output, about [-1, 1].
+        lr_up: (1, 3, H, W) condition image in [0, 1] (the colour reference).
+        color_fix_method: "adain", "wavelet" or "none".
+        target_wh: final (width, height).
+        quantize: reproduce the official uint8 chain (pipeline output rounded, colour fix truncated, PIL
+            bicubic on uint8); otherwise everything stays float.
+
+    Returns:
+        ``(sr, image)``: the (1, 3, H, W) pipeline output and the (1, 3, h_t, w_t) final image, both float32 in
+        [0, 1] on the CPU.
+    """
+    sr = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
+    if quantize:
+        sr = color_fix.to_uint8(sr, rounding="round").float() / 255
+    fixed = color_fix.apply_color_fix(sr, lr_up.float().cpu(), color_fix_method)
+    if quantize and color_fix_method != "none":
+        fixed = color_fix.to_uint8(fixed, rounding="truncate").float() / 255
+    return sr, sizing.bicubic_resize(fixed, target_wh, quantize=quantize)
+
+
+def _default_noise(sampling: SamplingConfig) -> GeneratorNoise:
+    generator = torch.Generator("cpu").manual_seed(sampling.seed)
+    posterior = torch.Generator("cpu").manual_seed(sampling.seed) if sampling.faithful else None
+    return GeneratorNoise(generator, posterior)
+
+
+def _as_tensor(image: torch.Tensor | Image.Image) -> torch.Tensor:
+    """PIL or tensor -> (1, 3, h, w) float32 in [0, 1] on the CPU."""
+    if isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        return torch.from_numpy(arr).permute(2, 0, 1)[None]
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a torch.Tensor or PIL.Image, got {type(image).__name__}")
+    x = image[None] if image.ndim == 3 else image
+    if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"image must have shape (1, 3, h, w) or (3, h, w), got {tuple(image.shape)}")
+    x = x.detach().to("cpu", torch.float32)
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError(
+            f"image values must be finite and in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+        )
+    return x

@@ -1,0 +1,107 @@
+"""Size rules of SeeSR inference (spec §1.3 step 4 and step 7) and the PIL-bicubic resizes they use.
+
+The official script resizes PIL images with Pillow's bicubic filter on uint8 data. We keep that filter so results
+match, but resize float data without quantising when the input has more than 8 bits (16-bit PNG/TIFF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """Sizes (width, height) in pixels of each stage for one image."""
+
+    lr: tuple[int, int]
+    enlarged: tuple[int, int]
+    upscaled: tuple[int, int]
+    processed: tuple[int, int]
+    target: tuple[int, int]
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.processed[1] // 8, self.processed[0] // 8
+
+
+def plan_sizes(lr_wh: tuple[int, int], upscale: float, process_size: int) -> SizePlan:
+    """The official size chain: enlarge small inputs, x upscale, floor to a multiple of 8.
+
+    If a side is below ``process_size // upscale`` the LR is enlarged so that its short side reaches it
+    (``int()`` truncation, as official); then it is scaled by ``upscale`` and floored to a multiple of 8. The
+    final output is resized to ``round(lr * upscale)`` (official: ``lr * upscale`` for the integer factor 4).
+
+    Raises:
+        ValueError: the processed image would be smaller than 8 px on a side.
+    """
+    w, h = lr_wh
+    if w < 1 or h < 1:
+        raise ValueError(f"image size must be positive, got {w}x{h}")
+    min_side = int(process_size // upscale)
+    ew, eh = w, h
+    if w < min_side or h < min_side:
+        s = min_side / min(w, h)
+        ew, eh = int(s * w), int(s * h)
+    uw, uh = int(round(ew * upscale)), int(round(eh * upscale))
+    pw, ph = uw // 8 * 8, uh // 8 * 8
+    if pw < 8 or ph < 8:
+        raise ValueError(
+            f"image of {w}x{h} px becomes {uw}x{uh} px after x{upscale}: too small to process "
+            f"(need >= 8 px per side; raise process_size)"
+        )
+    target = (max(1, int(round(w * upscale))), max(1, int(round(h * upscale))))
+    return SizePlan(lr=(w, h), enlarged=(ew, eh), upscaled=(uw, uh), processed=(pw, ph), target=target)
+
+
+def is_8bit(image: torch.Tensor) -> bool:
+    """True if every value of ``image`` (in [0, 1]) is exactly k/255."""
+    return bool(torch.equal(torch.round(image * 255) / 255, image.to(torch.float32)))
+
+
+def bicubic_resize(image: torch.Tensor, size_wh: tuple[int, int], *, quantize: bool) -> torch.Tensor:
+    """Pillow bicubic resize.
+
+    Args:
+        image: (1, 3, H, W) float in [0, 1], pixel space.
+        size_wh: output (width, height).
+        quantize: resize the uint8 image (``round(255·x)``) like the official PIL chain; otherwise resize each
+            channel as a 32-bit float image (no quantisation, may overshoot [0, 1] slightly and is clamped).
+
+    Returns:
+        (1, 3, height, width) float32 in [0, 1]; on ``image``'s device.
+    """
+    if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(image.shape)}")
+    w, h = size_wh
+    arr = image[0].detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
+    if (arr.shape[1], arr.shape[0]) == (w, h):
+        out = np.round(arr * 255) / 255 if quantize else arr
+    elif quantize:
+        u8 = np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)
+        out = np.asarray(Image.fromarray(u8).resize((w, h), Image.BICUBIC), dtype=np.float32) / 255
+    else:
+        chans = [
+            Image.fromarray(np.ascontiguousarray(arr[..., c])).resize((w, h), Image.BICUBIC) for c in range(3)
+        ]
+        out = np.clip(np.stack([np.asarray(c, dtype=np.float32) for c in chans], axis=-1), 0, 1)
+    return (
+        torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).permute(2, 0, 1)[None].to(image.device)
+    )
+
+
+def prepare_image(lr: torch.Tensor, plan: SizePlan, *, quantize: bool) -> torch.Tensor:
+    """LR (1, 3, h, w) in [0, 1] -> ``lr_up`` (1, 3, H, W) in [0, 1] at ``plan.processed`` (spec §1.3 step 4).
+
+    Three successive bicubic resizes exactly as the official script (enlarge, x upscale, floor to /8).
+    """
+    x = lr
+    if plan.enlarged != plan.lr:
+        x = bicubic_resize(x, plan.enlarged, quantize=quantize)
+    x = bicubic_resize(x, plan.upscaled, quantize=quantize)
+    if plan.processed != plan.upscaled:
+        x = bicubic_resize(x, plan.processed, quantize=quantize)
+    return x
