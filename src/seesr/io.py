@@ -451,13 +451,16 @@ def load_image(
             warnings.simplefilter("always")
             try:
                 im.load()
+            except (SyntaxError, ValueError, EOFError, struct.error, zlib.error) as err:
+                raise BadImageError(f"{path}: cannot decode {im.format} data ({err})") from None
             except OSError as err:
                 msg = str(err)
                 if "truncated" not in msg and "broken data stream" not in msg:
                     raise BadImageError(f"{path}: cannot decode {im.format} data ({msg})") from None
+                what = "truncated" if "truncated" in msg else "truncated or corrupt"
                 if not allow_truncated:
                     raise BadImageError(
-                        f"{path}: truncated {im.format} file ({msg}); refusing a partly blank result "
+                        f"{path}: {what} {im.format} file ({msg}); refusing a partly blank result "
                         "(pass --allow-truncated / allow_truncated=True to accept it)"
                     ) from None
                 im.close()

@@ -508,7 +508,8 @@ def _run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             bar.close()
             print(
-                f"seesr upscale: interrupted; {written} written (complete), rest not started", file=sys.stderr
+                f"seesr upscale: interrupted; {written} written (complete), the image in progress was not written",
+                file=sys.stderr,
             )
             raise
         bar.close()
