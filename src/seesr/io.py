@@ -402,6 +402,7 @@ def _icc_to_srgb(im: Image.Image, icc: bytes, notes: list[str]) -> tuple[Image.I
             im.convert("RGB") if im.mode == "RGBA" else im,
             src,
             ImageCms.createProfile("sRGB"),
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
             outputMode="RGB",
         )
     except Exception as err:
