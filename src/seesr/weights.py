@@ -31,6 +31,9 @@ class WeightSource:
         subfolder: take only this sub-folder of the repository (its contents land directly in ``name/``).
         description: what it is, for messages.
         optional: fetched only on request (e.g. the turbo base).
+        required_files: files that must exist after the download (relative to the target folder).
+        repo_type: hub repository type ("model" or "space").
+        folder: target folder name when it differs from ``name`` (several parts may share one folder).
     """
 
     name: str
@@ -40,6 +43,8 @@ class WeightSource:
     description: str = ""
     optional: bool = False
     required_files: tuple[str, ...] = field(default=())
+    repo_type: str = "model"
+    folder: str | None = None
 
 
 # The SD-2-base repository was removed from the hub in Nov 2025; the community mirror keeps the same files.
@@ -72,6 +77,16 @@ MANIFEST: tuple[WeightSource, ...] = (
         allow_patterns=("ram_swin_large_14m.pth", "ram_tag_list.txt", "ram_tag_list_threshold.txt"),
         description="RAM Swin-L tagger checkpoint and its tag list / thresholds",
         required_files=("ram_swin_large_14m.pth",),
+    ),
+    # RAM's tag list and thresholds are third-party data (Apache-2.0) published with RAM's code, not its weights.
+    WeightSource(
+        name="ram-tags",
+        repos=("xinyu1205/recognize-anything",),
+        repo_type="space",
+        allow_patterns=("ram/data/ram_tag_list.txt", "ram/data/ram_tag_list_threshold.txt"),
+        description="RAM tag list and per-class thresholds",
+        folder="ram",
+        required_files=("ram/data/ram_tag_list.txt", "ram/data/ram_tag_list_threshold.txt"),
     ),
     WeightSource(
         name="sd-turbo",
@@ -128,6 +143,7 @@ def _snapshot(
     allow_patterns: Sequence[str] | None,
     download: Callable[..., str] | None,
     local_dir: Path | None = None,
+    repo_type: str = "model",
 ) -> Path:
     if download is None:
         from huggingface_hub import snapshot_download as download
@@ -135,6 +151,8 @@ def _snapshot(
     for repo in repos:
         try:
             kwargs = {"repo_id": repo, "allow_patterns": list(allow_patterns) if allow_patterns else None}
+            if repo_type != "model":
+                kwargs["repo_type"] = repo_type
             if local_dir is not None:
                 kwargs["local_dir"] = str(local_dir)
             return Path(download(**kwargs))
@@ -175,7 +193,7 @@ def download_all(
             raise WeightsError(f"unknown part(s) {unknown}; expected some of {[s.name for s in MANIFEST]}")
     result = {}
     for source in parts:
-        target = root / source.name
+        target = root / (source.folder or source.name)
         if is_complete(source, target):
             logger.info("%s already complete in %s", source.name, target)
         else:
@@ -187,18 +205,27 @@ def download_all(
                 allow_patterns=source.allow_patterns,
                 download=download,
                 local_dir=target,
+                repo_type=source.repo_type,
             )
             missing = [f for f in source.required_files if not (target / f).is_file()]
             if missing:
                 raise WeightsError(f"{source.name}: download finished but {missing} are missing in {target}")
-            (target / ".complete").write_text("ok\n")
+            _mark_complete(source, target)
         result[source.name] = target
     return result
 
 
+def _marker(source: WeightSource, folder: Path) -> Path:
+    return folder / f".complete-{source.name}"
+
+
+def _mark_complete(source: WeightSource, folder: Path) -> None:
+    _marker(source, folder).write_text("ok\n")
+
+
 def is_complete(source: WeightSource, folder: Path) -> bool:
-    """Whether ``folder`` holds a finished download of ``source``."""
-    return (folder / ".complete").is_file() and all((folder / f).is_file() for f in source.required_files)
+    """Whether ``folder`` holds a finished download of ``source`` (marker written after a verified download)."""
+    return _marker(source, folder).is_file() and all((folder / f).is_file() for f in source.required_files)
 
 
 def find_tag_files(ram_checkpoint: Path) -> tuple[Path, Path]:
@@ -208,11 +235,11 @@ def find_tag_files(ram_checkpoint: Path) -> tuple[Path, Path]:
         WeightsError: either file is missing (they are third-party data shipped with RAM, never with seesr).
     """
     folder = Path(ram_checkpoint).parent
-    tag_list, thresholds = folder / "ram_tag_list.txt", folder / "ram_tag_list_threshold.txt"
-    for f in (tag_list, thresholds):
-        if not f.is_file():
-            raise WeightsError(
-                f"{f.name} not found beside {ram_checkpoint}; pass --tag-list/--thresholds (files of the RAM "
-                "repository, ram/data/)"
-            )
-    return tag_list, thresholds
+    for candidate in (folder, folder / "ram" / "data"):
+        tag_list, thresholds = candidate / "ram_tag_list.txt", candidate / "ram_tag_list_threshold.txt"
+        if tag_list.is_file() and thresholds.is_file():
+            return tag_list, thresholds
+    raise WeightsError(
+        f"ram_tag_list.txt / ram_tag_list_threshold.txt not found beside {ram_checkpoint}; pass --tag-list and "
+        "--thresholds (files of the RAM repository, ram/data/) or run `seesr download`"
+    )
