@@ -181,6 +181,8 @@ def tiled_apply(
     if not boxes:
         raise ValueError("tiled_apply needs at least one tile box, got none")
     acc_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    if torch.device(device or "cpu").type == "mps":
+        acc_dtype = torch.float32
     acc = torch.zeros(out_shape, dtype=acc_dtype, device=device)
     wsum = torch.zeros(out_shape[-2:], dtype=acc_dtype, device=device)
     cache: dict[tuple[int, int], Tensor] = {}
@@ -192,7 +194,11 @@ def tiled_apply(
             raise ValueError(f"tile {box} returned shape {tuple(out.shape)}, expected {want}")
         key = (box.height, box.width)
         if key not in cache:
-            cache[key] = weights_fn(*key).to(device=out.device)
+            weight = weights_fn(*key)
+            if weight.dtype == torch.float64 and out.device.type == "mps":
+                # MPS has no float64: the faithful float64 products degrade to float32 there (~1e-7 relative).
+                weight = weight.float()
+            cache[key] = weight.to(device=out.device)
         weight = cache[key]
         # In-place add of a (possibly float64) product into the float32 buffer: same rounding as the official
         # ``noise_pred[...] += tile_out * tile_weights``.
