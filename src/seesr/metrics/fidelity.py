@@ -120,6 +120,28 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch
     return torch.from_numpy(g).float().double()
 
 
+def _valid_filter(win: torch.Tensor, size: tuple[int, int]):
+    """'valid' 2-D correlation with ``win`` for (B,1,H,W) float64 inputs of spatial ``size``, via FFT.
+
+    The same sums as ``F.conv2d(x, win)`` up to float64 round-off (~1e-10 on values of 255², far below the
+    SSIM constants); a direct float64 convolution with an 11x11 window is ~50x slower on CPU.
+    """
+    import torch
+
+    h, w = size
+    k = win.shape[-1]
+    pad = torch.zeros(h, w, dtype=win.dtype, device=win.device)
+    pad[:k, :k] = win
+    # correlation = convolution with the conjugate spectrum; no wrap-around inside the valid region
+    kernel = torch.conj(torch.fft.rfft2(pad))
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        out = torch.fft.irfft2(torch.fft.rfft2(t) * kernel, s=(h, w))
+        return out[..., : h - k + 1, : w - k + 1]
+
+    return filt
+
+
 def ssim_y(sr: torch.Tensor, gt: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """SSIM (Wang et al. 2004) on the rounded Y channel, per image.
 
@@ -142,8 +164,6 @@ def ssim_y(sr: torch.Tensor, gt: torch.Tensor, crop_border: int = 0) -> torch.Te
     Raises:
         ValueError: on mismatched shapes or images smaller than the 11x11 window.
     """
-    import torch.nn.functional as F
-
     _check_pair(sr, gt)
     x = (rgb_to_y(crop_borders(sr, crop_border)) * 255.0).round().double()
     y = (rgb_to_y(crop_borders(gt, crop_border)) * 255.0).round().double()
@@ -151,12 +171,9 @@ def ssim_y(sr: torch.Tensor, gt: torch.Tensor, crop_border: int = 0) -> torch.Te
         raise ValueError(
             f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {tuple(x.shape[-2:])}"
         )
-    win = gaussian_window().to(x.device).view(1, 1, SSIM_WINDOW, SSIM_WINDOW)
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, win)
+    filt = _valid_filter(gaussian_window().to(x.device), tuple(x.shape[-2:]))
 
     mu_x, mu_y = filt(x), filt(y)
     var_x = filt(x * x) - mu_x**2
