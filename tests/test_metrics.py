@@ -321,6 +321,16 @@ def test_other_learned_metrics_still_run(tmp_path, monkeypatch):
     )
 
 
+def test_metric_failing_on_an_image_fails_alone(tmp_path):
+    # 8x8 images: SSIM's 11x11 window does not fit -> SSIM is reported as failed, PSNR still computed
+    sr, gt = _write_pair_folders(tmp_path, size=(8, 8))
+    res = evaluate_dirs(sr, gt, metrics=["psnr", "ssim"])
+    assert res.failures["ssim"].startswith(
+        "SSIM: failed on im0.png: ValueError: SSIM needs images of at least 11x11"
+    )
+    assert list(res.aggregate) == ["psnr"] and set(res.per_image["im1"]) == {"psnr"}
+
+
 # ----------------------------------------------------------------------------- COCO -> RAM, test sets
 
 
