@@ -165,3 +165,107 @@ def test_null_text_rule():
 def test_sd2_size_trainable_count_on_meta():
     n_controlnet, n_rca = sd2_size_trainable_count(SD2_UNET)
     assert (n_controlnet, n_rca) == (489_031_440, 260_849_600)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def tiny_seesr_config(fixtures_dir, output_dir, **run) -> dict:
+    """A stage-2 run config (plain dict, as YAML) over the tiny fixtures: fine-tune seesr-tiny on reference/train."""
+    ram = fixtures_dir / "ram-tiny"
+    run_cfg = dict(
+        output_dir=str(output_dir),
+        max_train_steps=2,
+        train_batch_size=2,
+        mixed_precision="no",
+        report_to="none",
+        checkpointing_steps=0,
+        logging_steps=1,
+    )
+    run_cfg.update(run)
+    return dict(
+        pretrained_model=str(fixtures_dir / "sd2-tiny"),
+        init_from=str(fixtures_dir / "seesr-tiny"),
+        ram=dict(
+            ram_checkpoint=str(ram / "ram_tiny.pth"),
+            dape_checkpoint=str(ram / "DAPE_tiny.pth"),
+            tag_list=str(ram / "ram_tag_list.txt"),
+            thresholds=str(ram / "ram_tag_list_threshold.txt"),
+            arch=str(ram / "arch.json"),
+        ),
+        data=dict(paired_roots=[str(fixtures_dir / "reference" / "train")], resolution=64),
+        run=run_cfg,
+    )
+
+
+def write_yaml(path, data: dict):
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def load_folder_weights(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in ("unet", "controlnet"):
+        for k, v in load_file(folder / name / "diffusion_pytorch_model.safetensors").items():
+            out[f"{name}.{k}"] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(fixtures_dir, tmp_path_factory):
+    """Run A: 3 steps uninterrupted. Run B: killed after step 3 (checkpoint at 2), then resumed via the CLI."""
+    from seesr.cli import main
+    from seesr.training.config import TrainSeeSRConfig, load_train_config
+    from seesr.training.train_seesr import train_seesr
+
+    root = tmp_path_factory.mktemp("resume")
+    runs = {}
+    with one_thread():
+        for name in ("a", "b"):
+            cfg_path = write_yaml(
+                root / f"{name}.yaml",
+                tiny_seesr_config(
+                    fixtures_dir, root / name, max_train_steps=3, train_batch_size=1, gradient_accumulation_steps=2,
+                    checkpointing_steps=2,
+                ),
+            )  # fmt: skip
+            runs[name] = cfg_path
+        assert main(["train", "--config", str(runs["a"])]) == 0
+
+        def kill(step, logs):
+            if step == 3:
+                raise KeyboardInterrupt("simulated kill")
+
+        with pytest.raises(KeyboardInterrupt):
+            train_seesr(load_train_config(TrainSeeSRConfig, runs["b"]), on_step_end=kill)
+        assert not (root / "b" / "unet").exists()  # died before the final save
+        assert main(["train", "--config", str(runs["b"]), "--resume"]) == 0
+    return root
+
+
+def test_killed_run_resumes_bit_identical(killed_and_resumed):
+    root = killed_and_resumed
+    a, b = load_folder_weights(root / "a"), load_folder_weights(root / "b")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = load_folder_weights(root / "a" / "checkpoint-2")
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # step 3 did change the weights
+    opt_a = torch.load(root / "a" / "checkpoint-3" / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(root / "b" / "checkpoint-3" / "optimizer.pt", weights_only=True)
+    for i, st in opt_a["state"].items():
+        assert all(torch.equal(st[k], opt_b["state"][i][k]) for k in st)
+
+
+def test_trained_folder_loads_like_the_release(killed_and_resumed, fixtures_dir):
+    out = killed_and_resumed / "a"
+    unet = SeeSRUNet.from_pretrained(out, subfolder="unet")
+    controlnet = SeeSRControlNet.from_pretrained(out, subfolder="controlnet")
+    ref = SeeSRUNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="unet")
+    assert unet.config.use_image_cross_attention and controlnet.config.use_image_cross_attention
+    trained, start = unet.state_dict(), ref.state_dict()
+    assert trained.keys() == start.keys()
+    # frozen UNet weights are untouched; the RCA moved
+    assert all(torch.equal(trained[k], start[k]) for k in trained if ".image_attentions." not in k)
+    assert any(not torch.equal(trained[k], start[k]) for k in trained if ".image_attentions." in k)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["run"]["max_train_steps"] == 3 and cfg["null_text_ratio"] == 0.5

@@ -6,10 +6,14 @@ file (unknown keys rejected); the resolved config is written next to the run's o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-from seesr.config import _check_choice
+from seesr.config import _check_choice, config_from_dict, config_to_dict
+
+T = TypeVar("T")
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 TagSource = Literal["precomputed", "online", "none"]
@@ -216,3 +220,38 @@ class TrainDAPEConfig:
             raise ValueError("feature_weight and logits_weight must be >= 0")
         if not (0 <= self.drop_path_rate < 1 and 0 <= self.head_dropout < 1):
             raise ValueError("drop_path_rate and head_dropout must be in [0, 1)")
+
+
+def load_train_config(cls: type[T], path: str | Path) -> T:
+    """Read a YAML run config into ``cls`` (``TrainSeeSRConfig`` or ``TrainDAPEConfig``).
+
+    The ``run`` and ``ram`` sections are merged key by key over the stage's defaults, so a file that sets only
+    ``run.max_train_steps`` keeps the stage's other ``run`` defaults; a ``data`` section replaces the default one
+    (its ``paired_roots`` / ``hq_roots`` exclude each other). Unknown keys raise ``ValueError``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not a mapping, an unknown key, or an invalid value.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    merged = _deep_merge(config_to_dict(cls()), data, str(path))
+    return config_from_dict(cls, merged, where=str(path))
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if key not in base:
+            raise ValueError(f"{where}: unknown key {key!r}; expected some of {sorted(base)}")
+        if key != "data" and isinstance(base[key], dict) and isinstance(value, Mapping):
+            out[key] = _deep_merge(base[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out

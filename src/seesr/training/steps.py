@@ -97,7 +97,7 @@ def draw_seesr_noise(
     """
     eps, ts, noise, coins = [], [], [], []
     for sid in sample_ids:
-        g = torch.Generator().manual_seed(_mix(seed, step, int(sid)))
+        g = torch.Generator().manual_seed(mix_seed(seed, step, int(sid)))
         eps.append(torch.randn(latent_shape, generator=g))
         ts.append(torch.randint(0, num_train_timesteps, (1,), generator=g))
         noise.append(torch.randn(latent_shape, generator=g))
@@ -110,7 +110,7 @@ def draw_seesr_noise(
     )
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (SplitMix64-style mixing, so nearby keys give unrelated streams)."""
     x = 0x9E3779B97F4A7C15
     mask = (1 << 64) - 1

@@ -1,0 +1,326 @@
+"""Stage 2: train the ControlNet + RCA on a frozen SD-2 with accelerate (paper §3.2-3.3, §4.1; spec §5).
+
+One optimiser step = ``gradient_accumulation_steps`` micro-batches per process; each micro-batch runs
+:func:`seesr.training.steps.seesr_training_step` (ε- or v-MSE, null-text dropout) with per-sample draws keyed by
+(seed, step, sample position), then gradients are all-reduced (DDP), clipped to ``max_grad_norm`` and AdamW steps.
+Outputs (``unet/`` + ``controlnet/``) use the release layout; checkpoints resume bit-exactly (see
+:mod:`seesr.training.checkpoint`). Works on one GPU, many GPUs / nodes (``accelerate launch``, ``torchrun``) and CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seesr.config import config_to_dict
+from seesr.training.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    save_checkpoint,
+    weight_dtype_for,
+)
+from seesr.training.config import TrainSeeSRConfig
+from seesr.training.data import StepBatchSampler, build_dataset, collate, degrade_online
+from seesr.training.models import (
+    SeeSRTrainModels,
+    configure_trainable,
+    count_parameters,
+    load_frozen_sd2,
+    load_soft_prompt,
+    load_trainable_pair,
+)
+from seesr.training.steps import draw_seesr_noise, seesr_training_step
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def load_models(cfg: TrainSeeSRConfig) -> SeeSRTrainModels:
+    """All stage-2 models on CPU in fp32 (trainable flags not yet set)."""
+    unet, controlnet = load_trainable_pair(
+        sd2_dir=cfg.pretrained_model, init_from=cfg.init_from, use_rca=cfg.use_rca
+    )
+    vae, text_encoder, tokenizer, noise_scheduler = load_frozen_sd2(cfg.pretrained_model)
+    soft_prompt = load_soft_prompt(cfg.ram) if cfg.use_rca else None
+    return SeeSRTrainModels(unet, controlnet, vae, text_encoder, tokenizer, noise_scheduler, soft_prompt)
+
+
+def save_release_layout(unet: torch.nn.Module, controlnet: torch.nn.Module, folder: Path) -> None:
+    """``folder/unet`` + ``folder/controlnet`` via ``save_pretrained`` (safetensors, fp32 as trained)."""
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
+
+
+def _load_release_layout(unet: torch.nn.Module, controlnet: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    for name, model in (("unet", unet), ("controlnet", controlnet)):
+        state = load_file(str(folder / name / "diffusion_pytorch_model.safetensors"))
+        model.load_state_dict(state, strict=True)
+
+
+def _online_tagger(cfg: TrainSeeSRConfig) -> torch.nn.Module:
+    """Plain RAM (no LoRA) as ``make_tags.py`` uses on the GT (spec §5, fixtures README §14.3)."""
+    from seesr.models.dape import DAPE
+
+    model = DAPE.from_official(
+        cfg.ram.ram_checkpoint,
+        None,
+        tag_list=cfg.ram.tag_list,
+        thresholds=cfg.ram.thresholds,
+        arch=cfg.ram.arch,
+    )
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def train_seesr(
+    cfg: TrainSeeSRConfig,
+    *,
+    resume: str | None = None,
+    on_step_end: StepCallback | None = None,
+) -> Path:
+    """Run stage-2 training; returns the output folder (``unet/`` + ``controlnet/`` + ``config.json``).
+
+    Args:
+        cfg: the run configuration.
+        resume: ``None`` (fresh; refuses an output folder that already holds checkpoints), ``"latest"`` (the newest
+            ``checkpoint-*`` of ``output_dir``, or fresh when there is none) or a checkpoint folder.
+        on_step_end: called on every process after each optimiser step with ``(step, logs)`` (1-based step).
+
+    Raises:
+        FileNotFoundError / ValueError: missing weights or data, inconsistent config.
+    """
+    run = cfg.run
+    out = Path(run.output_dir)
+    accelerator = make_accelerator(run)
+    device = accelerator.device
+    ckpt = find_checkpoint(out, resume)
+    if resume is None and find_checkpoint(out, "latest") is not None:
+        raise ValueError(
+            f"{out} already holds checkpoints; pass resume='latest' (CLI --resume) or a new output_dir"
+        )
+
+    # same fresh RCA / ControlNet init on every process (DDP would broadcast rank 0's anyway)
+    torch.manual_seed(run.seed)
+    models = load_models(cfg)
+    trainable = configure_trainable(
+        models.unet, models.controlnet, cfg.trainable_modules if cfg.use_rca else ()
+    )
+    n_cn = count_parameters([p for n, p in trainable if n.startswith("controlnet.")])
+    n_unet = count_parameters([p for n, p in trainable if n.startswith("unet.")])
+    logger.info("trainable: ControlNet %d + UNet %d parameters", n_cn, n_unet)
+    weight_dtype = weight_dtype_for(accelerator)
+    for m in (models.vae, models.text_encoder, models.soft_prompt):
+        if m is not None:
+            m.to(device, dtype=weight_dtype)
+    models.unet.to(device)
+    models.controlnet.to(device)
+    if run.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+        models.controlnet.enable_gradient_checkpointing()
+    models.controlnet.train()
+    models.unet.train()
+
+    optimizer = make_optimizer([p for _, p in trainable], run)
+    lr_scheduler = make_lr_scheduler(optimizer, run)
+    unet_trains = n_unet > 0
+    if unet_trains:
+        controlnet, unet, optimizer = accelerator.prepare(models.controlnet, models.unet, optimizer)
+    else:
+        # DDP refuses a module without trainable parameters (the ControlNet-only ablation's UNet)
+        controlnet, optimizer = accelerator.prepare(models.controlnet, optimizer)
+        unet = models.unet
+
+    start = 0
+    if ckpt is not None:
+        start = load_checkpoint(
+            accelerator,
+            ckpt,
+            read_weights=lambda p: _load_release_layout(models.unet, models.controlnet, p),
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+        )
+    resolved = config_to_dict(cfg)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+    if run.report_to == "tensorboard":
+        accelerator.init_trackers("seesr", config=_flat_hparams(resolved))
+
+    dataset = build_dataset(cfg.data, seed=run.seed)
+    sampler = StepBatchSampler(
+        len(dataset),
+        batch_size=run.train_batch_size,
+        accumulation=run.gradient_accumulation_steps,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        seed=run.seed,
+        shuffle=cfg.data.shuffle,
+        start_step=start,
+        max_steps=run.max_train_steps,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
+    )
+    degradation = None
+    if cfg.data.hq_roots:
+        from seesr.data.realesrgan import RealESRGANDegradation
+
+        degradation = RealESRGANDegradation()
+    tagger = _online_tagger(cfg).to(device) if cfg.data.tags == "online" else None
+    latent_div = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    num_t = int(models.noise_scheduler.config.num_train_timesteps)
+    params = [p for _, p in trainable]
+    logger.info(
+        "training steps %d..%d, global batch %d (%d x %d x %d processes)",
+        start,
+        run.max_train_steps,
+        sampler.global_batch,
+        run.train_batch_size,
+        run.gradient_accumulation_steps,
+        accelerator.num_processes,
+    )
+
+    batches = iter(loader)
+    for step in range(start, run.max_train_steps):
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(run.gradient_accumulation_steps):
+            batch = next(batches)
+            gt = batch["gt"].to(device)
+            ids = batch["sample_id"]
+            if degradation is not None:
+                gt, cond = degrade_online(gt, ids, run.seed, degradation)
+            else:
+                cond = batch["cond"].to(device)
+            prompts = batch["prompt"]
+            if cfg.data.tags == "none":
+                prompts = [""] * len(prompts)
+            elif tagger is not None:
+                with torch.no_grad():
+                    prompts = [s + "," for s in tagger(gt.to(weight_dtype)).tag_strings]
+            latent_shape = (4, gt.shape[-2] // latent_div, gt.shape[-1] // latent_div)
+            draws = draw_seesr_noise(run.seed, step, ids.tolist(), latent_shape, num_t, device)
+            last = micro == run.gradient_accumulation_steps - 1
+            sync = contextlib.ExitStack()
+            if not last:
+                for m in (controlnet, unet) if unet_trains else (controlnet,):
+                    sync.enter_context(accelerator.no_sync(m))
+            with sync:
+                with accelerator.autocast():
+                    result = seesr_training_step(
+                        unet=unet,
+                        controlnet=controlnet,
+                        vae=models.vae,
+                        text_encoder=models.text_encoder,
+                        tokenizer=models.tokenizer,
+                        noise_scheduler=models.noise_scheduler,
+                        soft_prompt=models.soft_prompt,
+                        gt=gt.to(weight_dtype) if weight_dtype != torch.float32 else gt,
+                        cond=cond,
+                        prompts=prompts,
+                        draws=draws,
+                        null_text_ratio=cfg.null_text_ratio,
+                    )
+                accelerator.backward(result.loss / run.gradient_accumulation_steps)
+            loss_sum += result.loss.detach() / run.gradient_accumulation_steps
+        grad_norm = float("nan")
+        if run.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, run.max_grad_norm))
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        loss = float(accelerator.reduce(loss_sum, reduction="mean"))
+        logs = {"loss": loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+        logs["step_time_s"] = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {done}")
+        if run.logging_steps and (done % run.logging_steps == 0 or done == run.max_train_steps):
+            logger.info("step %d/%d loss %.5f lr %.3g", done, run.max_train_steps, loss, logs["lr"])
+            if run.report_to == "tensorboard":
+                accelerator.log(logs, step=done)
+        if run.checkpointing_steps and done % run.checkpointing_steps == 0 and done < run.max_train_steps:
+            _save(
+                accelerator, out, done, models, optimizer, lr_scheduler, resolved, run.checkpoints_total_limit
+            )
+        if cfg.validation_steps and done % cfg.validation_steps == 0:
+            _validate(cfg, accelerator, models, done)
+        if on_step_end is not None:
+            on_step_end(done, logs)
+
+    _save(
+        accelerator,
+        out,
+        run.max_train_steps,
+        models,
+        optimizer,
+        lr_scheduler,
+        resolved,
+        run.checkpoints_total_limit,
+    )
+    if accelerator.is_main_process:
+        save_release_layout(models.unet, models.controlnet, out)
+        logger.info("final weights in %s (unet/ + controlnet/)", out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _save(accelerator, out, step, models, optimizer, lr_scheduler, resolved, limit) -> None:
+    save_checkpoint(
+        accelerator,
+        out,
+        step,
+        write_weights=lambda p: save_release_layout(models.unet, models.controlnet, p),
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        config=resolved,
+        total_limit=limit,
+    )
+
+
+def _flat_hparams(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TensorBoard hparams accept only scalars/strings: flatten nested dicts, stringify lists and None."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat_hparams(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            flat[f"{prefix}{k}"] = v
+        else:
+            flat[f"{prefix}{k}"] = str(v)
+    return flat
+
+
+def _validate(cfg: TrainSeeSRConfig, accelerator: Any, models: SeeSRTrainModels, step: int) -> None:
+    """Upscale the validation LR images with the current weights; PNGs go to ``validation/step-<N>/`` and, with
+    TensorBoard, to the logs. Main process only; the models are put back in train mode."""
+    if not accelerator.is_main_process or not cfg.validation_images:
+        accelerator.wait_for_everyone()
+        return
+    from seesr.training.validation import run_validation
+
+    folder = Path(cfg.run.output_dir) / "validation" / f"step-{step}"
+    images = run_validation(cfg, models, folder)
+    if cfg.run.report_to == "tensorboard":
+        tb = accelerator.get_tracker("tensorboard", unwrap=True)
+        for name, img in images.items():
+            tb.add_image(f"validation/{name}", img, step, dataformats="CHW")
+    models.unet.train()
+    models.controlnet.train()
+    accelerator.wait_for_everyone()
