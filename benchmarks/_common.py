@@ -1,0 +1,64 @@
+"""Shared helpers of the benchmark scripts: architecture configs, timing and peak memory."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+
+import torch
+
+SD2_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    block_out_channels=[320, 640, 1280, 1280],
+    layers_per_block=2,
+    attention_head_dim=[5, 10, 20, 20],
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    norm_num_groups=32,
+)
+TINY_UNET = dict(
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    block_out_channels=[16, 16, 32],
+    layers_per_block=2,
+    attention_head_dim=[1, 2, 4],
+    cross_attention_dim=16,
+    use_linear_projection=True,
+    norm_num_groups=16,
+)
+CONFIGS = {"sd2": SD2_UNET, "tiny": TINY_UNET}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[float, float]:
+    """Median seconds per call over ``repeat`` calls (after one warm-up) and peak memory in MB.
+
+    Peak memory is CUDA's max allocated on GPUs, the process's peak RSS on the CPU.
+    """
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
+    return times[len(times) // 2], mem

@@ -1,0 +1,83 @@
+"""One CFG denoiser step (ControlNet + UNet, batch 2) of SeeSR vs the same models without RCA.
+
+Random weights (timing does not depend on values). Prints a table: seconds per step, peak memory, and the ratio
+to the no-RCA baseline built in the same run.
+
+    python benchmarks/denoiser.py --config sd2 --latent 64 --dtype fp32 --device cpu --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CONFIGS, DTYPES, timed  # noqa: E402
+
+from seesr.models.controlnet import SeeSRControlNet  # noqa: E402
+from seesr.models.unet import SeeSRUNet  # noqa: E402
+
+
+def build(config: dict, rca: bool, device: torch.device, dtype: torch.dtype):
+    unet = SeeSRUNet(**config, use_image_cross_attention=rca)
+    controlnet = SeeSRControlNet.from_unet(unet)
+    return unet.to(device, dtype).eval(), controlnet.to(device, dtype).eval()
+
+
+def step_fn(unet, controlnet, latent: int, device, dtype, text_dim: int):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
+    text = torch.randn(2, 77, text_dim, generator=g).to(device, dtype)
+    soft = torch.randn(2, 145, 512, generator=g).to(device, dtype)
+    cond = torch.rand(2, 3, 8 * latent, 8 * latent, generator=g).to(device, dtype)
+    t = torch.tensor(500, device=device)
+    rca = unet.num_rca_modules > 0
+    kw = {"image_encoder_hidden_states": soft} if rca else {}
+
+    @torch.no_grad()
+    def run():
+        down, mid = controlnet(x, t, text, cond, return_dict=False, **kw)
+        return unet(x, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kw)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="sd2")
+    ap.add_argument("--latent", type=int, default=64, help="latent side (x8 = pixels)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    config = CONFIGS[args.config]
+    rows = []
+    for rca in (False, True):
+        unet, controlnet = build(config, rca, device, dtype)
+        params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in controlnet.parameters())
+        sec, mem = timed(
+            step_fn(unet, controlnet, args.latent, device, dtype, config["cross_attention_dim"]),
+            device,
+            args.repeat,
+        )
+        rows.append(("SeeSR (RCA)" if rca else "no RCA (baseline)", params, sec, mem))
+        del unet, controlnet
+    base = rows[0][2]
+    print(
+        f"\nconfig={args.config} latent={args.latent}x{args.latent} ({8 * args.latent} px) dtype={args.dtype} "
+        f"device={args.device} threads={torch.get_num_threads()} batch=2 (CFG)"
+    )
+    print(f"{'model':<20}{'params (M)':>12}{'s/step':>10}{'peak MB':>10}{'x baseline':>12}")
+    for name, params, sec, mem in rows:
+        print(f"{name:<20}{params / 1e6:>12.1f}{sec:>10.3f}{mem:>10.0f}{sec / base:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
