@@ -1,0 +1,444 @@
+"""`seesr ui` without a browser (issue 8): the controller, the Gradio handlers and the CLI, over a stub pipeline
+with the SeeSRPipeline call contract, and once over the tiny official-format weights from the fixtures."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+gr = pytest.importorskip("gradio", reason="the `ui` extra (gradio) is not installed")
+
+from seesr.cli import main  # noqa: E402
+from seesr.config import SamplingConfig, TilingConfig  # noqa: E402
+from seesr.errors import BadImageError  # noqa: E402
+from seesr.ui.app import build_app  # noqa: E402
+from seesr.ui.controller import (  # noqa: E402
+    WEIGHTS_HELP,
+    Cancelled,
+    UIController,
+    make_configs,
+    parse_tags,
+)
+from tests.tiny_pipeline import build_tiny_pipeline  # noqa: E402
+
+
+class StubPipeline:
+    """Stands in for SeeSRPipeline: same call contract, bicubic instead of diffusion, records every call."""
+
+    def __init__(self, tags=("cup", "coffee", "table"), delay: float = 0.0, fail: Exception | None = None):
+        self.tags = list(tags)
+        self.delay = delay
+        self.fail = fail
+        self.calls: list[dict] = []
+        self.steps_done = 0
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def extract_tags(self, image: torch.Tensor) -> list[str]:
+        assert image.ndim == 4 and image.shape[:2] == (1, 3) and image.dtype == torch.float32
+        return list(self.tags)
+
+    def __call__(self, image, sampling, tiling, tags=None, callback=None):
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.calls.append({"tags": tags, "sampling": sampling, "tiling": tiling})
+            if self.fail is not None:
+                raise self.fail
+            n = sampling.num_inference_steps
+            for i in range(n):
+                time.sleep(self.delay)
+                self.steps_done += 1
+                if callback is not None:
+                    callback(i + 1, n)
+            h, w = image.shape[-2:]
+            size = (round(h * sampling.upscale), round(w * sampling.upscale))
+            out = F.interpolate(image, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+            used = list(self.tags if tags is None else tags)
+            prompt = ", ".join([*used, sampling.added_prompt])
+            return SimpleNamespace(image=out, tags=used, prompt=prompt, settings={"steps": n, "stub": True})
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+COFFEE = "reference/lr/coffee_48x64.png"
+
+
+@pytest.fixture
+def coffee(fixtures_dir: Path) -> Path:
+    return fixtures_dir / COFFEE
+
+
+@pytest.fixture
+def broken_png(tmp_path: Path, coffee: Path) -> Path:
+    data = coffee.read_bytes()
+    path = tmp_path / "broken.png"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _handler(app, name: str):
+    for block_fn in app.fns.values():
+        if getattr(block_fn.fn, "__name__", "") == name:
+            return block_fn
+    raise AssertionError(f"no handler {name!r} in the app")
+
+
+REQ = SimpleNamespace(session_hash="test-session")
+
+
+def _run_args(state, tags, **over):
+    knobs = {
+        "preset": "default",
+        "steps": 3,
+        "guidance": 5.5,
+        "seed": 7,
+        "scale": 4,
+        "color_fix": "adain",
+        "tile": 96,
+        "prompt": "",
+        "negative": "dotted, noise",
+    }
+    knobs.update(over)
+    return (state, tags, *knobs.values())
+
+
+# -- pure helpers ------------------------------------------------------------------------------------------------
+
+
+def test_parse_tags_normalises_edits():
+    assert parse_tags(" cup, coffee ,, cup ,  latte   art ") == ["cup", "coffee", "latte art"]
+    assert parse_tags(["cup", "saucer, spoon", " "]) == ["cup", "saucer", "spoon"]
+    assert parse_tags(None) == [] and parse_tags("") == []
+
+
+def test_make_configs_maps_every_knob_and_preset():
+    s, t = make_configs(
+        preset="default",
+        steps=7,
+        guidance=3.0,
+        seed=11,
+        scale=2.5,
+        color_fix="wavelet",
+        tile_size=64,
+        prompt="a cup",
+        negative_prompt="blur",
+    )
+    assert (s.num_inference_steps, s.guidance_scale, s.seed, s.upscale) == (7, 3.0, 11, 2.5)
+    assert (s.color_fix, s.prompt, s.negative_prompt, s.faithful) == ("wavelet", "a cup", "blur", False)
+    assert t.latent_tile_size == 64 and t.latent_tile_overlap >= 64 // 4  # DESIGN.md §8: overlap >= 25 %
+    f, ft = make_configs(preset="faithful", steps=50, guidance=5.5, seed=1, scale=4, color_fix="adain",
+                         tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+    assert f.faithful is True and ft.latent_tile_overlap == 4  # the official overlap
+    tb, tt = make_configs(preset="turbo", steps=2, guidance=1.0, seed=1, scale=4, color_fix="adain",
+                          tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+    assert tb.timestep_spacing == "trailing" and tt.latent_tile_overlap == 32 and tb.guidance_scale == 1.0
+    with pytest.raises(ValueError, match="preset must be one of"):
+        make_configs(preset="fast", steps=1, guidance=1, seed=1, scale=4, color_fix="adain", tile_size=96,
+                     prompt="", negative_prompt="")  # fmt: skip
+    with pytest.raises(ValueError, match="seed must be"):
+        make_configs(preset="default", steps=1, guidance=1, seed=-3, scale=4, color_fix="adain", tile_size=96,
+                     prompt="", negative_prompt="")  # fmt: skip
+    with pytest.raises(ValueError, match="color_fix"):
+        make_configs(preset="default", steps=1, guidance=1, seed=1, scale=4, color_fix="magic", tile_size=96,
+                     prompt="", negative_prompt="")  # fmt: skip
+
+
+# -- controller ------------------------------------------------------------------------------------------------
+
+
+def test_run_writes_png_and_sidecar_with_progress(tmp_path, coffee):
+    stub = StubPipeline()
+    ctl = UIController(stub, output_dir=tmp_path)
+    image = ctl.load(coffee)
+    assert image.size == (64, 48) and image.rgb.dtype == np.float32
+    assert ctl.extract_tags(image) == ["cup", "coffee", "table"]
+    seen: list[tuple[int, int]] = []
+    sampling = SamplingConfig(num_inference_steps=3, seed=5)
+    out = ctl.run(image, tags=["cup", "coffee", "table"], sampling=sampling, tiling=TilingConfig(), progress=lambda
+                  s, t: seen.append((s, t)))  # fmt: skip
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert (
+        stub.calls[0]["tags"] is None
+    )  # unedited tags: the pipeline's own DAPE path, as the CLI without --tags
+    assert out.after.shape == (192, 256, 3) and out.before.shape == out.after.shape
+    assert out.after.dtype == np.uint8 and out.after.max() > 0  # not a black image
+    from PIL import Image
+
+    with Image.open(out.image_path) as im:
+        assert im.size == (256, 192)
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), out.after)
+    side = json.loads(out.sidecar_path.read_text())
+    assert side["seed"] == 5 and side["tags"] == ["cup", "coffee", "table"] and side["tags_edited"] is False
+    assert side["sampling"]["num_inference_steps"] == 3 and side["output_size"] == [256, 192]
+    assert side["settings"] == {"steps": 3, "stub": True} and side["input"] == "coffee_48x64.png"
+
+
+def test_edited_tags_reach_the_pipeline(tmp_path, coffee):
+    stub = StubPipeline()
+    ctl = UIController(stub, output_dir=tmp_path)
+    image = ctl.load(coffee)
+    ctl.extract_tags(image)
+    out = ctl.run(image, tags=["cup", "espresso"], sampling=SamplingConfig(num_inference_steps=1),
+                  tiling=TilingConfig())  # fmt: skip
+    assert stub.calls[-1]["tags"] == ["cup", "espresso"]
+    side = json.loads(out.sidecar_path.read_text())
+    assert side["tags"] == ["cup", "espresso"] and side["tags_edited"] is True
+    assert side["dape_tags"] == ["cup", "coffee", "table"]
+    ctl.run(image, tags=[], sampling=SamplingConfig(num_inference_steps=1), tiling=TilingConfig())
+    assert stub.calls[-1]["tags"] == []  # all tags removed: an empty tag list, not DAPE's
+
+
+def test_pixel_cap_is_checked_before_decoding(tmp_path, coffee):
+    ctl = UIController(StubPipeline(), output_dir=tmp_path, max_input_pixels=1000)
+    with pytest.raises(BadImageError, match="3,?072"):
+        ctl.load(coffee)
+
+
+def test_output_cap_refused_before_model_work(tmp_path, coffee):
+    stub = StubPipeline()
+    ctl = UIController(stub, output_dir=tmp_path, max_output_pixels=100_000)
+    image = ctl.load(coffee)
+    with pytest.raises(ValueError, match=r"512x384 = 196,608 px, over the cap of 100,000"):
+        ctl.run(image, tags=None, sampling=SamplingConfig(upscale=8), tiling=TilingConfig())
+    assert stub.calls == []
+
+
+def test_cancel_stops_at_the_next_step(tmp_path, coffee):
+    stub = StubPipeline()
+    ctl = UIController(stub, output_dir=tmp_path)
+    image = ctl.load(coffee)
+
+    def progress(step: int, total: int) -> None:
+        if step == 2:
+            assert ctl.cancel("s1") is True
+
+    with pytest.raises(Cancelled):
+        ctl.run(image, tags=None, sampling=SamplingConfig(num_inference_steps=10), tiling=TilingConfig(),
+                progress=progress, session="s1")  # fmt: skip
+    assert stub.steps_done == 3  # stopped in the callback after step 3, not after all 10
+    assert ctl.cancel("s1") is False  # nothing running any more
+    assert not list(tmp_path.rglob("*.png"))  # no result written
+
+
+def test_one_model_job_at_a_time(tmp_path, coffee):
+    stub = StubPipeline(delay=0.02)
+    ctl = UIController(stub, output_dir=tmp_path)
+    image = ctl.load(coffee)
+    errors: list[BaseException] = []
+
+    def job(i: int) -> None:
+        try:
+            ctl.run(image, tags=None, sampling=SamplingConfig(num_inference_steps=4, seed=i), tiling=TilingConfig(),
+                    session=f"s{i}")  # fmt: skip
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(stub.calls) == 3
+    assert stub.max_active == 1
+
+
+# -- the Gradio app (handlers called directly, no server) ---------------------------------------------------------
+
+
+def test_app_queue_is_one_job_at_a_time(tmp_path):
+    app = build_app(StubPipeline(), output_dir=tmp_path)
+    model_fns = [_handler(app, "on_file"), _handler(app, "on_run")]
+    assert {f.concurrency_id for f in model_fns} == {"model"}
+    assert all(f.concurrency_limit == 1 for f in model_fns)
+    assert _handler(app, "on_cancel").queue is False  # Cancel must not wait behind the job it cancels
+    run_id = next(i for i, f in app.fns.items() if f is _handler(app, "on_run"))
+    assert any(run_id in (f.cancels or []) for f in app.fns.values())  # the button also cancels the event
+
+
+def test_app_upload_tag_edit_and_rerun(tmp_path, coffee):
+    stub = StubPipeline()
+    app = build_app(
+        stub, output_dir=tmp_path, sampling_defaults=SamplingConfig(process_size=128, added_prompt="8k")
+    )
+    on_file, on_run = _handler(app, "on_file").fn, _handler(app, "on_run").fn
+    state, preview, tags_update, status, *_ = on_file(str(coffee), REQ)
+    assert preview.shape == (48, 64, 3) and preview.dtype == np.uint8
+    assert tags_update["value"] == ["cup", "coffee", "table"] and "DAPE found 3 tag(s)" in status
+    slider, files, prompt, status = on_run(*_run_args(state, tags_update["value"]), REQ)
+    before, after = slider
+    assert after.shape == before.shape == (192, 256, 3) and "Done in" in status
+    assert [Path(f).suffix for f in files] == [".png", ".json"] and all(Path(f).is_file() for f in files)
+    assert prompt == "cup, coffee, table, 8k"
+    used = stub.calls[-1]["sampling"]
+    assert (used.process_size, used.num_inference_steps, used.seed, used.negative_prompt) == (
+        128,
+        3,
+        7,
+        "dotted, noise",
+    )
+    slider, files, prompt, status = on_run(*_run_args(state, ["cup", "espresso"], seed=9), REQ)
+    assert stub.calls[-1]["tags"] == ["cup", "espresso"] and stub.calls[-1]["sampling"].seed == 9
+    assert prompt.startswith("cup, espresso") and json.loads(Path(files[1]).read_text())["seed"] == 9
+
+
+def test_app_broken_file_is_one_line_in_the_page(tmp_path, broken_png):
+    app = build_app(StubPipeline(), output_dir=tmp_path)
+    state, preview, tags_update, status, *cleared = _handler(app, "on_file").fn(str(broken_png), REQ)
+    assert state is None and preview is None and tags_update["value"] == []
+    assert status.startswith("**Error:**") and "truncated" in status and "broken.png" in status
+    assert "Traceback" not in status and "\n" not in status
+    assert cleared == [None, None, ""]  # the previous result is cleared, not left standing
+    assert str(broken_png.parent) not in status  # the file's name, not the server's upload path
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>not an image</html>"])
+def test_app_empty_and_non_image_files(tmp_path, content):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    app = build_app(StubPipeline(), output_dir=tmp_path / "out")
+    state, preview, _, status, *_ = _handler(app, "on_file").fn(str(path), REQ)
+    assert state is None and preview is None and status.startswith("**Error:**") and "photo.jpg" in status
+
+
+def test_app_run_failure_shows_message_never_an_image(tmp_path, coffee):
+    stub = StubPipeline(fail=RuntimeError("CUDA out of memory (simulated)"))
+    app = build_app(stub, output_dir=tmp_path)
+    state, _, tags_update, *_ = _handler(app, "on_file").fn(str(coffee), REQ)
+    slider, files, prompt, status = _handler(app, "on_run").fn(*_run_args(state, tags_update["value"]), REQ)
+    assert slider is None and files is None  # no black placeholder image
+    assert "CUDA out of memory (simulated)" in status and "Traceback" not in status
+
+
+def test_app_nan_output_is_refused(tmp_path, coffee):
+    class NaNPipeline(StubPipeline):
+        def __call__(self, image, **kw):
+            res = super().__call__(image, **kw)
+            res.image = torch.full_like(res.image, float("nan"))
+            return res
+
+    app = build_app(NaNPipeline(), output_dir=tmp_path)
+    state, _, tags_update, *_ = _handler(app, "on_file").fn(str(coffee), REQ)
+    slider, files, _, status = _handler(app, "on_run").fn(*_run_args(state, tags_update["value"]), REQ)
+    assert slider is None and files is None and "non-finite" in status
+
+
+def test_app_run_without_upload_and_bad_knob(tmp_path, coffee):
+    app = build_app(StubPipeline(), output_dir=tmp_path)
+    on_run = _handler(app, "on_run").fn
+    assert "Upload an image first" in on_run(*_run_args(None, []), REQ)[3]
+    state, _, tags_update, *_ = _handler(app, "on_file").fn(str(coffee), REQ)
+    slider, _, _, status = on_run(*_run_args(state, tags_update["value"], tile=4), REQ)
+    assert slider is None and status == "**Error:** latent_tile_size must be &gt;= 8, got 4"
+
+
+def test_weights_missing_page(tmp_path, coffee):
+    app = build_app(None, load_error="No SeeSR weights were given. " + WEIGHTS_HELP, output_dir=tmp_path)
+    ctl = app.seesr_controller
+    assert ctl.ready is False
+    config = app.get_config_file()
+    texts = [c["props"].get("value") for c in config["components"] if c.get("type") == "markdown"]
+    assert any(t and "No SeeSR weights were given" in t and "--weights DIR" in t for t in texts)
+    run_btn = next(c for c in config["components"] if c["props"].get("elem_id") == "seesr-run")
+    assert run_btn["props"]["interactive"] is False
+    state, preview, _, status, *_ = _handler(app, "on_file").fn(str(coffee), REQ)
+    assert preview is not None and "No SeeSR weights" in status  # the image is shown, the reason too
+    assert "No SeeSR weights" in _handler(app, "on_run").fn(*_run_args(state, []), REQ)[3]
+
+
+def test_factory_error_becomes_page_message(tmp_path, coffee):
+    def factory():
+        raise FileNotFoundError("/nowhere/unet/config.json not found")
+
+    ctl = UIController(factory, output_dir=tmp_path)
+    assert ctl.ready
+    image = ctl.load(coffee)
+    with pytest.raises(RuntimeError, match="Could not load the SeeSR weights: /nowhere/unet"):
+        ctl.extract_tags(image)
+    assert not ctl.ready and "--weights DIR" in ctl.load_error
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    calls: list[dict] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: calls.append({"app": self, **kw}))
+    monkeypatch.delenv("SEESR_WEIGHTS", raising=False)
+    return calls
+
+
+def test_cli_binds_localhost_without_share_by_default(launches, tmp_path):
+    assert main(["ui", "--output-dir", str(tmp_path)]) == 0
+    (call,) = launches
+    assert call["server_name"] == "127.0.0.1" and call["share"] is False and call["ssr_mode"] is False
+    ctl = call["app"].seesr_controller
+    assert not ctl.ready and "No SeeSR weights were given" in ctl.load_error
+
+
+def test_cli_share_and_port_only_when_asked(launches, tmp_path):
+    assert main(["ui", "--host", "0.0.0.0", "--port", "7999", "--share", "--output-dir", str(tmp_path)]) == 0
+    assert launches[0]["server_name"] == "0.0.0.0" and launches[0]["server_port"] == 7999
+    assert launches[0]["share"] is True
+
+
+def test_cli_weight_problems_are_shown_in_the_page(launches, tmp_path):
+    assert main(["ui", "--weights", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]) == 0
+    assert "Weights folder not found" in launches[-1]["app"].seesr_controller.load_error
+    assert main(["ui", "--sd2", "x", "--seesr", "y", "--output-dir", str(tmp_path)]) == 0
+    msg = launches[-1]["app"].seesr_controller.load_error
+    assert "missing --ram --dape --tag-list --thresholds" in msg
+
+
+def test_cli_examples_folder(launches, tmp_path, fixtures_dir):
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    shutil.copy(fixtures_dir / COFFEE, ex / "coffee.png")
+    (ex / "notes.txt").write_text("not an example")
+    assert main(["ui", "--examples", str(ex), "--output-dir", str(tmp_path)]) == 0
+    assert main(["ui", "--examples", str(tmp_path / "nope")]) == 1  # one-line error, exit 1
+
+
+# -- the real pipeline with the tiny fixture weights ---------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_pipeline(fixtures_dir: Path):
+    """The tiny official-format pipeline, built once per test session (shared with the browser test)."""
+    return build_tiny_pipeline(fixtures_dir)
+
+
+def test_tiny_pipeline_through_the_ui(tmp_path, fixtures_dir):
+    """The real SeeSRPipeline (tiny official-format weights) behind the page: DAPE tags shown, edited, used."""
+    pipe = tiny_pipeline(fixtures_dir)
+    # process_size 64 keeps the tiny UNet's latents small instead of enlarging the result to 512 px.
+    app = build_app(pipe, output_dir=tmp_path, sampling_defaults=SamplingConfig(process_size=64))
+    on_file, on_run = _handler(app, "on_file").fn, _handler(app, "on_run").fn
+    state, _, tags_update, status, *_ = on_file(str(fixtures_dir / COFFEE), REQ)
+    dape_tags = tags_update["value"]
+    assert dape_tags and f"DAPE found {len(dape_tags)} tag(s)" in status
+    edited = ["espresso", *dape_tags[1:]]
+    slider, files, prompt, status = on_run(*_run_args(state, edited, steps=1, scale=2), REQ)
+    assert slider is not None, status
+    before, after = slider
+    assert after.shape == before.shape == (96, 128, 3) and after.std() > 0
+    assert prompt.startswith(", ".join(edited))
+    side = json.loads(Path(files[1]).read_text())
+    assert side["tags"] == edited and side["dape_tags"] == dape_tags and side["tags_edited"] is True
+    assert side["settings"]["sampling"]["seed"] == 7 and side["settings"]["sizes"]["target"] == [128, 96]
