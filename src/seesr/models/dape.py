@@ -690,9 +690,6 @@ class DAPE(nn.Module):
                 f"(expected a RAM Swin state dict; LoRA files go to dape_checkpoint)"
             )
         if dape_checkpoint is not None:
-            state = {
-                k: v.clone() for k, v in state.items()
-            }  # deltas are added in place; keep the file pristine
             _merge_official_lora(state, Path(dape_checkpoint), config)
         model._finish_load(state, f"RAM checkpoint {ram_path}")
         model.tagging = tagging or TaggingOptions()
@@ -800,10 +797,17 @@ def _merge_official_lora(state: dict[str, torch.Tensor], path: Path, config: DAP
     if unknown:
         raise ValueError(f"DAPE checkpoint {path}: LoRA for layers this model does not have: {unknown[:5]}")
 
+    owned: set[str] = set()
+
     def merge(layer: str, target: str, groups: tuple[bool, ...]) -> None:
         a, b = pairs[layer]
         if target not in state:
             raise ValueError(f"DAPE checkpoint {path}: {layer} has no base weight {target}")
+        if (
+            target not in owned
+        ):  # copy on first write: the mmap'd checkpoint stays untouched (and mostly unread)
+            state[target] = state[target].clone()
+            owned.add(target)
         w = state[target]
         r = b.shape[1] if b.ndim == 2 else 0
         if r != DEFAULT_RANK:
