@@ -1,0 +1,141 @@
+"""Time and peak memory of one SeeSR image against output size, tiled vs untiled.
+
+Each (config, size, mode) runs in a fresh subprocess so the peak memory is that run's own. ``tiny`` uses the
+official-format fixtures (../shared/fixtures); ``sd2`` builds every component at full size with random weights
+(timing and memory do not depend on the values). The ``untiled`` baseline turns every tiling stage off by making
+the tiles larger than the image; ratios are against it.
+
+    python benchmarks/pipeline.py --config tiny --sizes 512 1024 2048 --steps 4
+    python benchmarks/pipeline.py --config sd2 --sizes 512 1024 --steps 1 --device cuda --dtype fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
+
+
+def build_pipeline(config: str, device: str, dtype: str):
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from _common import DTYPES, SD2_UNET
+
+    from seesr.pipeline.pipeline import SeeSRPipeline
+
+    ram = FIXTURES / "ram-tiny"
+    if config == "tiny":
+        return SeeSRPipeline.from_official(
+            sd2=FIXTURES / "sd2-tiny", seesr=FIXTURES / "seesr-tiny", ram=ram / "ram_tiny.pth",
+            dape=ram / "DAPE_tiny.pth", tag_list=ram / "ram_tag_list.txt",
+            thresholds=ram / "ram_tag_list_threshold.txt", dape_arch=ram / "arch.json", device=device,
+            dtype=dtype,
+        )  # fmt: skip
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from seesr.models.controlnet import SeeSRControlNet
+    from seesr.models.dape import DAPE, DAPEConfig
+    from seesr.models.unet import SeeSRUNet
+
+    dt = DTYPES[dtype]
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=768,
+    )  # fmt: skip
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+        max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+    ))  # fmt: skip
+    unet = SeeSRUNet(**SD2_UNET, use_image_cross_attention=True)
+    controlnet = SeeSRControlNet.from_unet(unet)
+    tags = (ram / "ram_tag_list.txt").read_text().splitlines()
+    thr = [float(x) for x in (ram / "ram_tag_list_threshold.txt").read_text().split()]
+    dape = DAPE(DAPEConfig(), tags, thr).eval()
+    pipe = SeeSRPipeline(
+        vae=vae.to(dt), text_encoder=text.to(dt), tokenizer=CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer"),
+        scheduler=DDPMScheduler.from_pretrained(FIXTURES / "sd2-tiny", subfolder="scheduler"),
+        unet=unet.to(dt).eval(), controlnet=controlnet.to(dt).eval(), dape=dape,
+    )  # fmt: skip
+    return pipe.to(torch.device(device))
+
+
+def single(args: argparse.Namespace) -> None:
+    import resource
+
+    import torch
+
+    from seesr.config import SamplingConfig, TilingConfig
+
+    torch.manual_seed(0)
+    pipe = build_pipeline(args.config, args.device, args.dtype)
+    lr = torch.rand(1, 3, args.size // 4, args.size // 4)
+    tiling = TilingConfig() if args.mode == "tiled" else TilingConfig(
+        latent_tile_size=10**6, latent_tile_overlap=0, vae_encoder_tile_size=10**7, vae_decoder_tile_size=10**6
+    )  # fmt: skip
+    sampling = SamplingConfig(num_inference_steps=args.steps, process_size=64, seed=0)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = pipe(lr, sampling, tiling, show_progress=False)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    if args.device.startswith("cuda"):
+        mem = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"sec": sec, "mem_mb": mem, "out": list(result.image.shape[-2:]),
+                      "tiled": result.settings["latent_tiled"]}))  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=["tiny", "sd2"], default="tiny")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="output sides (px)")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--modes", nargs="+", default=["untiled", "tiled"], choices=["untiled", "tiled"])
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=int, default=3600)
+    args = ap.parse_args()
+    if args.size:
+        single(args)
+        return
+    rows = []
+    for size in args.sizes:
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, "--config", args.config, "--size", str(size), "--mode", mode,
+                   "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype]  # fmt: skip
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                res = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+            except subprocess.TimeoutExpired:
+                res = None
+            rows.append((size, mode, res))
+            print(f"  {size}² {mode}: {res or 'failed/timeout'}", file=sys.stderr)
+    print(f"\nconfig={args.config} steps={args.steps} device={args.device} dtype={args.dtype} (LR = size/4)")
+    print(f"{'output':>8}{'mode':>10}{'s/image':>10}{'peak MB':>10}{'s vs untiled':>14}{'MB vs untiled':>15}")
+    base = {s: r for s, m, r in rows if m == "untiled" and r}
+    for size, mode, res in rows:
+        if res is None:
+            print(f"{size:>7}²{mode:>10}{'—':>10}{'—':>10}")
+            continue
+        b = base.get(size)
+        ts = f"{res['sec'] / b['sec']:.2f}" if b else "—"
+        ms = f"{res['mem_mb'] / b['mem_mb']:.2f}" if b else "—"
+        print(f"{size:>7}²{mode:>10}{res['sec']:>10.2f}{res['mem_mb']:>10.0f}{ts:>14}{ms:>15}")
+
+
+if __name__ == "__main__":
+    main()
