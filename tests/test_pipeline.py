@@ -168,3 +168,25 @@ def test_size_rules(lr_wh, upscale, process, processed, target):
     plan = plan_sizes(lr_wh, upscale, process)
     assert plan.processed == processed and plan.target == target
     assert plan.processed[0] % 8 == 0 and plan.processed[1] % 8 == 0
+
+
+def test_save_pretrained_folder_round_trip(pipe, lr, tmp_path, monkeypatch):
+    from seesr.pipeline.pipeline import SeeSRPipeline
+
+    pipe.save_pretrained(tmp_path / "w")
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler", "unet", "controlnet", "dape"):
+        assert (tmp_path / "w" / sub).is_dir(), sub
+    again = SeeSRPipeline.from_pretrained(tmp_path / "w")
+    for name in ("unet", "controlnet", "vae", "text_encoder", "dape"):
+        a, b = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
+        assert set(a) == set(b), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert again.extract_tags(lr) == pipe.extract_tags(lr)
+
+
+def test_from_pretrained_rejects_unknown_folder(tmp_path):
+    from seesr.errors import WeightsError
+    from seesr.pipeline.pipeline import SeeSRPipeline
+
+    with pytest.raises(WeightsError, match="not a seesr weights folder"):
+        SeeSRPipeline.from_pretrained(tmp_path)
