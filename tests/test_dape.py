@@ -429,6 +429,21 @@ def test_official_lora_layout_round_trip(ram, models, ref, tmp_path):
         _assert_close(fresh.tag_logits(x), models["plain"].tag_logits(x))
 
 
+def test_student_stochastic_layers_are_seeded(ram, ref):
+    kw = dict(tag_list=ram["tag_list"], thresholds=ram["thresholds"], arch=ram["arch"])
+    student = build_student(ram["ram"], ram["dape"], **kw, drop_path_rate=0.1, head_dropout=0.1)
+    x = ref[0]["coffee_96x128/ram_input_384"]
+    outs = []
+    for _ in range(2):
+        student.set_generator(torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            outs.append(student.embeds_and_logits(x))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    with torch.no_grad():
+        emb, logits = student.eval().embeds_and_logits(x)
+    assert float((outs[0][0] - emb).abs().max()) > 1e-3 and float((outs[0][1] - logits).abs().max()) > 1e-3
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_tag_json(ram, fixtures_dir, ref, tmp_path, capsys):
     from seesr.cli import main

@@ -26,7 +26,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +226,14 @@ class DAPEOutput:
     tag_strings: list[str]
     image_embeds: torch.Tensor
     logits: torch.Tensor
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- head
 def _dropout(x: torch.Tensor, p: float, training: bool, generator: torch.Generator | None) -> torch.Tensor:
     if not training or p <= 0.0:
         return x
-    keep = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) >= p
+    dev = generator.device if generator is not None else x.device  # draw where the generator lives
+    keep = torch.rand(x.shape, generator=generator, device=dev).to(x.device) >= p
     return x * keep.to(x.dtype) / (1.0 - p)
 
 

@@ -115,7 +115,8 @@ class SwinBlock(nn.Module):
         if not self.training or self.drop_path <= 0.0:
             return x
         keep = 1.0 - self.drop_path
-        coin = torch.rand((x.shape[0], 1, 1), generator=self.generator, device="cpu").to(x.device)
+        dev = self.generator.device if self.generator is not None else x.device
+        coin = torch.rand((x.shape[0], 1, 1), generator=self.generator, device=dev).to(x.device)
         return x * (coin < keep).to(x.dtype) / keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
