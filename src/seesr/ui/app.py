@@ -199,7 +199,7 @@ def build_app(
                     label="Input image", file_count="single", type="filepath", elem_id="seesr-input"
                 )
                 preview = gr.Image(
-                    label="Input (as decoded)", interactive=False, height=220, elem_id="seesr-preview"
+                    label="Input (as decoded)", interactive=False, height=160, elem_id="seesr-preview"
                 )
                 tags_box = gr.Dropdown(
                     label="Tags from DAPE (remove with ×, type a tag and press Enter to add)",
@@ -211,8 +211,19 @@ def build_app(
                     elem_id="seesr-tags",
                 )
                 reset_tags = gr.Button("Reset tags to DAPE's", size="sm", elem_id="seesr-reset-tags")
+                with gr.Row():
+                    run_btn = gr.Button(
+                        "Upscale", variant="primary", interactive=ctl.ready, elem_id="seesr-run"
+                    )
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
                 with gr.Accordion("Settings", open=True):
-                    preset = gr.Radio(list(PRESETS), value="default", label="Preset", elem_id="seesr-preset")
+                    preset = gr.Radio(
+                        list(PRESETS),
+                        value="default",
+                        label="Preset",
+                        info="faithful: every official quirk; turbo: 2 steps, no CFG (needs turbo weights)",
+                        elem_id="seesr-preset",
+                    )
                     with gr.Row():
                         steps = gr.Slider(
                             1,
@@ -237,32 +248,26 @@ def build_app(
                         scale = gr.Slider(
                             1.0, 8.0, value=defaults.upscale, step=0.5, label="Scale", elem_id="seesr-scale"
                         )
-                    with gr.Row():
-                        color_fix = gr.Radio(
-                            ["adain", "wavelet", "none"],
-                            value=defaults.color_fix,
-                            label="Colour fix",
-                            elem_id="seesr-color-fix",
-                        )
-                        tile = gr.Slider(
-                            32,
-                            256,
-                            value=tiling_defaults.latent_tile_size,
-                            step=8,
-                            label="Tile size (latent px; x8 image px)",
-                            elem_id="seesr-tile",
-                        )
+                    color_fix = gr.Radio(
+                        ["adain", "wavelet", "none"],
+                        value=defaults.color_fix,
+                        label="Colour fix",
+                        elem_id="seesr-color-fix",
+                    )
+                    tile = gr.Slider(
+                        32,
+                        256,
+                        value=tiling_defaults.latent_tile_size,
+                        step=8,
+                        label="Tile size (latent px = 8 image px)",
+                        elem_id="seesr-tile",
+                    )
                     prompt = gr.Textbox(
                         label="Prompt (added after the tags)", value=defaults.prompt, elem_id="seesr-prompt"
                     )
                     negative = gr.Textbox(
                         label="Negative prompt", value=defaults.negative_prompt, elem_id="seesr-negative"
                     )
-                with gr.Row():
-                    run_btn = gr.Button(
-                        "Upscale", variant="primary", interactive=ctl.ready, elem_id="seesr-run"
-                    )
-                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
             with gr.Column(scale=2):
                 status = gr.Markdown(
                     _msg("info", "Upload an image to start.") if ctl.ready else "", elem_id="seesr-status"
