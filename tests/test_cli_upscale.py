@@ -625,3 +625,24 @@ def test_real_tiny_pipeline_through_cli(tmp_path: Path, fixtures_dir: Path, caps
     np.testing.assert_array_equal(u8(tmp_path / "coffee_48x64.png"), want)
     side = json.loads((tmp_path / "coffee_48x64.json").read_text())
     assert side["tags"] == ref.tags and side["prompt"] == ref.prompt
+
+
+def test_scale_tiles_prompts_and_mpo(cli, tmp_path: Path, stub: StubPipe) -> None:
+    src = png(tmp_path / "a.png", rand_u8((10, 7, 3)))
+    r = cli(src, "-o", tmp_path / "o", "--scale", 2.5, "--tile-size", 512, "--save-prompts", "--prompt", "x")
+    assert r.rc == 0 and u8(tmp_path / "o" / "a.png").shape == (25, 18, 3)  # round(10*2.5), round(7*2.5)
+    side = json.loads((tmp_path / "o" / "a.json").read_text())
+    assert side["tiling"]["latent_tile_size"] == 64 and side["sampling"]["upscale"] == 2.5
+    assert (
+        (tmp_path / "o" / "txt" / "a.txt").read_text()
+        == side["prompt"]
+        == "stub, x,clean, high-resolution, 8k"
+    )
+    assert cli(src, "-o", tmp_path / "bad", "--tile-size", 100).rc == 1
+    # a camera MPO (primary image + preview) gives its first frame, with a warning
+    mpo = tmp_path / "cam.mpo"
+    frames = [Image.fromarray(np.full((8, 8, 3), c, np.uint8)) for c in ((200, 30, 30), (30, 30, 200))]
+    frames[0].save(mpo, "MPO", save_all=True, append_images=frames[1:], quality=100)
+    r = cli(mpo, "-o", tmp_path / "m", "--upscale", 1)
+    assert r.rc == 0 and "using the primary image" in r.err
+    assert abs(int(u8(tmp_path / "m" / "cam.png")[4, 4, 0]) - 200) <= 2
