@@ -176,6 +176,37 @@ def test_png16_keeps_all_16_bits(tmp_path: Path, channels: int) -> None:
     assert img.is_grey == (channels < 3)
 
 
+def test_png16_interlaced(tmp_path: Path) -> None:
+    """Adam7-interlaced 48-bit PNG (unfiltered passes) decodes to the same 16-bit values."""
+    v = np.random.default_rng(5).integers(0, 65536, (11, 13, 3), dtype=np.uint16)
+    passes = [
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ]
+    raw = bytearray()
+    for x0, y0, dx, dy in passes:
+        sub = v[y0::dy, x0::dx]
+        if sub.size:
+            for row in sub.astype(">u2"):
+                raw += b"\0" + row.tobytes()
+    plain = png16_bytes(v)
+    ihdr = struct.pack(">IIBBBBB", 13, 11, 16, 2, 0, 0, 1)
+    comp = zlib.compress(bytes(raw))
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    p = tmp_path / "i.png"
+    p.write_bytes(plain[:8] + chunk(b"IHDR", ihdr) + chunk(b"IDAT", comp) + chunk(b"IEND", b""))
+    assert Image.open(p).info.get("interlace") == 1
+    np.testing.assert_allclose(sio.load_image(p).rgb, v / 65535, atol=1e-7)
+
+
 def test_png16_colour_key_transparency(tmp_path: Path) -> None:
     v = np.full((3, 4, 3), 1000, dtype=np.uint16)
     v[1, 2] = (258, 513, 4)  # equal high bytes elsewhere would not matter: the key is compared on 16 bits
