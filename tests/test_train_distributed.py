@@ -1,0 +1,60 @@
+"""Multi-process training (issue 6): a real 2-process CPU run (gloo, launched with torchrun) has world size 2 and
+gives the same weights as 1 process at the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import REPO_ROOT
+from tests.test_train_seesr import load_folder_weights, one_thread, tiny_seesr_config, write_yaml
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_at_the_same_global_batch(fixtures_dir, tmp_path):
+    from seesr.cli import main
+
+    # Adam's first steps move every weight by ~lr * sign(g); for gradients at the 1e-8 level (some biases here)
+    # the sign is float noise, so a larger epsilon keeps the comparison about the gradients, not that noise
+    common = dict(adam_epsilon=1e-3, max_train_steps=2)
+    one = write_yaml(
+        tmp_path / "one.yaml", tiny_seesr_config(fixtures_dir, tmp_path / "one", train_batch_size=2, **common)
+    )
+    two = write_yaml(
+        tmp_path / "two.yaml", tiny_seesr_config(fixtures_dir, tmp_path / "two", train_batch_size=1, **common)
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT / "src"))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "seesr", "train", "--config", str(two),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with one_thread():
+        assert main(["train", "--config", str(one)]) == 0
+
+    state_two = json.loads((tmp_path / "two" / "checkpoint-2" / "training_state.json").read_text())
+    state_one = json.loads((tmp_path / "one" / "checkpoint-2" / "training_state.json").read_text())
+    assert state_two["num_processes"] == 2 and state_one["num_processes"] == 1
+    assert (tmp_path / "two" / "checkpoint-2" / "random_states_1.pt").is_file()
+    w1, w2 = load_folder_weights(tmp_path / "one"), load_folder_weights(tmp_path / "two")
+    start = load_folder_weights(fixtures_dir / "seesr-tiny")
+    assert w1.keys() == w2.keys() == start.keys()
+    moved = max(float((w1[k] - start[k]).abs().max()) for k in w1)
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert moved > 1e-5  # two AdamW steps moved the weights ...
+    # ... identically up to float rounding (all-reduce of two half-batch means vs one batch mean; weights are O(1))
+    assert diff <= 1e-6 and diff <= 0.01 * moved, (diff, moved)
+    for k in w1:
+        if ".image_attentions." not in k and k.startswith("unet."):
+            assert torch.equal(w1[k], w2[k])
