@@ -16,7 +16,11 @@ from tests.test_train_seesr import STEMS, one_thread, read
 
 
 def _ram_kwargs(ram):
-    return dict(tag_list=ram / "ram_tag_list.txt", thresholds=ram / "ram_tag_list_threshold.txt", arch=ram / "arch.json")
+    return dict(
+        tag_list=ram / "ram_tag_list.txt",
+        thresholds=ram / "ram_tag_list_threshold.txt",
+        arch=ram / "arch.json",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,9 @@ def test_dape_inputs_match_official_dataset(dape_step):
     for name, x in (("gt_ram", dape_step["hr_in"]), ("lq_ram", dape_step["lr_in"])):
         assert torch.equal(x[:, :, :24, :24], ref[f"{name}_patch"])
         for i, digest in enumerate(info["data"]["digest"][name]):
-            assert hashlib.sha256(x[i].contiguous().numpy().tobytes()).hexdigest() == digest["sha256_le_bytes"]
+            assert (
+                hashlib.sha256(x[i].contiguous().numpy().tobytes()).hexdigest() == digest["sha256_le_bytes"]
+            )
 
 
 def test_dape_step_loss_matches_official(dape_step):
@@ -63,10 +69,14 @@ def test_dape_step_lora_gradients_match_official(dape_step):
     assert abs(total - norms["total"]) <= 1e-4 * norms["total"]
     for group, want in norms["groups"].items():
         prefix = "visual_encoder" if group == "visual_encoder (all)" else group
-        got = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for n, p in named.items() if n.startswith(prefix))))
+        got = float(
+            torch.sqrt(sum((p.grad.double() ** 2).sum() for n, p in named.items() if n.startswith(prefix)))
+        )
         assert abs(got - want) <= 1e-4 * want, group
     for key, want in norms["per_parameter"].items():
-        assert abs(float(named[key].grad.double().norm()) - want) <= 1e-4 * max(want, 1e-3 * norms["total"]), key
+        assert abs(float(named[key].grad.double().norm()) - want) <= 1e-4 * max(
+            want, 1e-3 * norms["total"]
+        ), key
     for key, g_ref in dape_step["ref"].items():
         if key.startswith("grad/"):
             g = named[key[len("grad/") :]].grad
@@ -86,3 +96,87 @@ def test_soft_label_bce_is_the_official_formula_and_stays_finite():
     p = torch.sigmoid(saturated.detach())
     assert torch.isinf(-torch.log(1 - p)).any()  # the official formula overflows here
     assert torch.isfinite(loss) and torch.isfinite(saturated.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def tiny_dape_config(fixtures_dir, output_dir, **run) -> dict:
+    ram = fixtures_dir / "ram-tiny"
+    run_cfg = dict(
+        output_dir=str(output_dir),
+        max_train_steps=2,
+        train_batch_size=2,
+        mixed_precision="no",
+        report_to="none",
+        checkpointing_steps=0,
+        logging_steps=1,
+        learning_rate=1e-3,
+    )
+    run_cfg.update(run)
+    return dict(
+        ram=dict(
+            ram_checkpoint=str(ram / "ram_tiny.pth"),
+            dape_checkpoint=None,
+            tag_list=str(ram / "ram_tag_list.txt"),
+            thresholds=str(ram / "ram_tag_list_threshold.txt"),
+            arch=str(ram / "arch.json"),
+        ),
+        data=dict(paired_roots=[str(fixtures_dir / "reference" / "train")], resolution=64, tags="none"),
+        run=run_cfg,
+    )
+
+
+@pytest.fixture(scope="module")
+def dape_runs(fixtures_dir, tmp_path_factory):
+    """A fresh 3-step DAPE run through the CLI, and the same run killed after step 3 (checkpoint at 2) + resumed."""
+    from seesr.cli import main
+    from seesr.training.config import TrainDAPEConfig, load_train_config
+    from seesr.training.train_dape import train_dape
+    from tests.test_train_seesr import write_yaml
+
+    root = tmp_path_factory.mktemp("dape")
+    paths = {
+        name: write_yaml(
+            root / f"{name}.yaml",
+            tiny_dape_config(fixtures_dir, root / name, max_train_steps=3, checkpointing_steps=2),
+        )
+        for name in ("a", "b")
+    }
+    with one_thread():
+        assert main(["train-dape", "--config", str(paths["a"])]) == 0
+
+        def kill(step, logs):
+            if step == 3:
+                raise KeyboardInterrupt("simulated kill")
+
+        with pytest.raises(KeyboardInterrupt):
+            train_dape(load_train_config(TrainDAPEConfig, paths["b"]), on_step_end=kill)
+        assert main(["train-dape", "--config", str(paths["b"]), "--resume"]) == 0
+    return root
+
+
+def test_trained_dape_pth_has_the_official_layout_and_loads(dape_runs, fixtures_dir):
+    from seesr.models.dape import DAPE
+
+    ram = fixtures_dir / "ram-tiny"
+    trained = torch.load(dape_runs / "a" / "DAPE.pth", weights_only=True)
+    official = torch.load(ram / "DAPE_tiny.pth", weights_only=True)
+    assert list(trained) == list(official)
+    assert all(trained[k].shape == official[k].shape and trained[k].dtype == torch.float32 for k in official)
+    # a fresh run starts from lora_B = 0; three steps moved the trained LoRA B of the Swin and the tagging head
+    assert all(trained[k].abs().max() > 0 for k in trained if k.endswith("lora_B") and "visual_encoder" in k)
+    loaded = DAPE.from_official(ram / "ram_tiny.pth", dape_runs / "a" / "DAPE.pth", **_ram_kwargs(ram))
+    plain = DAPE.from_official(ram / "ram_tiny.pth", None, **_ram_kwargs(ram))
+    merged_ours = DAPE.from_pretrained(dape_runs / "a" / "dape")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        e_loaded, e_ours, e_plain = loaded(x).image_embeds, merged_ours(x).image_embeds, plain(x).image_embeds
+    assert (e_loaded - e_ours).abs().max() <= 1e-5 * max(1.0, e_ours.abs().max())
+    assert (e_loaded - e_plain).abs().max() > 1e-4  # the trained LoRA changes the soft prompt
+
+
+def test_killed_dape_run_resumes_bit_identical(dape_runs):
+    a = torch.load(dape_runs / "a" / "DAPE.pth", weights_only=True)
+    b = torch.load(dape_runs / "b" / "DAPE.pth", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    mid = torch.load(dape_runs / "a" / "checkpoint-2" / "DAPE.pth", weights_only=True)
+    assert any(not torch.equal(a[k], mid[k]) for k in a)

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
 
     from seesr.training.config import TrainSeeSRConfig, load_train_config
     from seesr.training.train_seesr import train_seesr
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(TrainSeeSRConfig, args.config)
     cfg = _override_run(cfg, args, dataclasses)
     out = train_seesr(cfg, resume=args.resume)
-    print(f"trained weights: {out}/unet + {out}/controlnet")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"trained weights: {out}/unet + {out}/controlnet")
     return 0
 
 

@@ -1,0 +1,277 @@
+"""Stage 1: DAPE = LoRA distillation of RAM on degraded inputs (paper §3.1, Eq. 1, §4.1; spec §4.3, §4.4).
+
+Teacher = frozen plain RAM on the HR image; student = the same RAM with rank-8 LoRA (Swin qkv q/v rows and the
+tagging-head query/key) on the LR image (``sr_bicubic``). Loss = ``feature_weight * MSE(embeds)`` +
+``logits_weight * BCE(sigmoid(student), sigmoid(teacher))`` (:func:`seesr.training.steps.dape_training_step`).
+Inputs are the official DAPE recipe (bilinear 512² then 384², ImageNet normalisation). Outputs: ``DAPE.pth`` in the
+official key layout (``DAPE.from_official`` and SeeSR's ``--ram_ft_path`` load it), ``lora.safetensors`` (ours) and
+``dape/`` (:meth:`seesr.models.dape.DAPE.save_pretrained`, LoRA merged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seesr.config import config_to_dict
+from seesr.training.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    save_checkpoint,
+    weight_dtype_for,
+)
+from seesr.training.config import TrainDAPEConfig
+from seesr.training.data import StepBatchSampler, build_dataset, collate, degrade_online
+from seesr.training.steps import dape_ram_input, dape_training_step, mix_seed
+
+logger = logging.getLogger(__name__)
+
+LORA_FILE = "lora.safetensors"
+OFFICIAL_FILE = "DAPE.pth"
+
+
+class StudentForward(nn.Module):
+    """Exposes ``DAPE.embeds_and_logits`` as ``forward`` so DDP sees (and all-reduces) the student's LoRA grads."""
+
+    def __init__(self, dape: nn.Module) -> None:
+        super().__init__()
+        self.dape = dape
+
+    def forward(self, x384: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image_embeds (B,145,512), logits (B,num_classes))`` of a normalised ``(B,3,384,384)`` input."""
+        return self.dape.embeds_and_logits(x384)
+
+
+def build_dape_models(cfg: TrainDAPEConfig) -> tuple[nn.Module, nn.Module]:
+    """``(student, teacher)``: RAM + trainable unmerged LoRA (from ``ram.dape_checkpoint`` when given, else fresh:
+    ``lora_A`` kaiming from a generator seeded by ``run.seed``, ``lora_B`` = 0) and the frozen plain RAM."""
+    from seesr.models.dape import build_student, build_teacher
+
+    ram = cfg.ram
+    kw = dict(tag_list=ram.tag_list, thresholds=ram.thresholds, arch=ram.arch)
+    teacher = build_teacher(ram.ram_checkpoint, **kw)
+    student = build_student(
+        ram.ram_checkpoint,
+        ram.dape_checkpoint,
+        r=cfg.lora_rank,
+        alpha=cfg.lora_alpha,
+        generator=torch.Generator().manual_seed(cfg.run.seed),
+        drop_path_rate=cfg.drop_path_rate,
+        head_dropout=cfg.head_dropout,
+        **kw,
+    )
+    return student, teacher
+
+
+def save_dape_weights(
+    student: nn.Module, folder: Path, template: str | None, *, merged: bool = False
+) -> None:
+    """``DAPE.pth`` (official layout; tag_encoder/text_decoder entries from ``template`` or zeros) and
+    ``lora.safetensors``; with ``merged`` also ``dape/`` (our inference format)."""
+    from safetensors.torch import save_file
+
+    from seesr.models.dape import save_official_lora
+    from seesr.models.lora import lora_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_official_lora(folder / OFFICIAL_FILE, student, template)
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in lora_state_dict(student).items()},
+        str(folder / LORA_FILE),
+        metadata={"format": "pt", "seesr": "dape-lora"},
+    )
+    if merged:
+        student.save_pretrained(folder / "dape")
+
+
+def _load_lora(student: nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    from seesr.models.lora import lora_state_dict
+
+    state = load_file(str(folder / LORA_FILE))
+    own = lora_state_dict(student)
+    if set(state) != set(own):
+        raise ValueError(f"{folder / LORA_FILE} does not hold this student's LoRA tensors")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
+def train_dape(
+    cfg: TrainDAPEConfig,
+    *,
+    resume: str | None = None,
+    on_step_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> Path:
+    """Run stage-1 training; returns the output folder (``DAPE.pth``, ``lora.safetensors``, ``dape/``).
+
+    Args:
+        cfg: the run configuration.
+        resume: ``None``, ``"latest"`` or a checkpoint folder (as :func:`seesr.training.train_seesr.train_seesr`).
+        on_step_end: called on every process after each optimiser step with ``(step, logs)`` (1-based).
+    """
+    run = cfg.run
+    out = Path(run.output_dir)
+    accelerator = make_accelerator(run)
+    device = accelerator.device
+    ckpt = find_checkpoint(out, resume)
+    if resume is None and find_checkpoint(out, "latest") is not None:
+        raise ValueError(
+            f"{out} already holds checkpoints; pass resume='latest' (CLI --resume) or a new output_dir"
+        )
+    torch.manual_seed(run.seed)
+    student, teacher = build_dape_models(cfg)
+    weight_dtype = weight_dtype_for(accelerator)
+    teacher.to(device, dtype=weight_dtype)
+    student.to(device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    logger.info("trainable LoRA: %d tensors, %d parameters", len(params), sum(p.numel() for p in params))
+    optimizer = make_optimizer(params, run)
+    lr_scheduler = make_lr_scheduler(optimizer, run)
+    wrapper, optimizer = accelerator.prepare(StudentForward(student), optimizer)
+    start = 0
+    if ckpt is not None:
+        start = load_checkpoint(
+            accelerator,
+            ckpt,
+            read_weights=lambda p: _load_lora(student, p),
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+        )
+    resolved = config_to_dict(cfg)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+    if run.report_to == "tensorboard":
+        from seesr.training.train_seesr import _flat_hparams
+
+        accelerator.init_trackers("dape", config=_flat_hparams(resolved))
+
+    dataset = build_dataset(cfg.data, seed=run.seed)
+    sampler = StepBatchSampler(
+        len(dataset),
+        batch_size=run.train_batch_size,
+        accumulation=run.gradient_accumulation_steps,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        seed=run.seed,
+        shuffle=cfg.data.shuffle,
+        start_step=start,
+        max_steps=run.max_train_steps,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
+    )
+    degradation = None
+    if cfg.data.hq_roots:
+        from seesr.data.realesrgan import RealESRGANDegradation
+
+        degradation = RealESRGANDegradation()
+    template = cfg.ram.dape_checkpoint
+
+    def write(folder: Path) -> None:
+        save_dape_weights(student, folder, template)
+
+    batches = iter(loader)
+    student.train()
+    for step in range(start, run.max_train_steps):
+        loss_sum = torch.zeros((), device=device)
+        terms = torch.zeros(2, device=device)
+        for micro in range(run.gradient_accumulation_steps):
+            batch = next(batches)
+            gt = batch["gt"].to(device)
+            if degradation is not None:
+                gt, cond = degrade_online(gt, batch["sample_id"], run.seed, degradation)
+            else:
+                cond = batch["cond"].to(device)
+            # drop-path / dropout draws: keyed by (seed, step, micro, process) so a resumed run repeats them
+            student.set_generator(
+                torch.Generator(device=device).manual_seed(
+                    mix_seed(run.seed, step, micro, accelerator.process_index)
+                )
+            )
+            last = micro == run.gradient_accumulation_steps - 1
+            with contextlib.ExitStack() as stack:
+                if not last:
+                    stack.enter_context(accelerator.no_sync(wrapper))
+                with accelerator.autocast():
+                    result = dape_training_step(
+                        student=wrapper,
+                        teacher=teacher,
+                        hr_input=dape_ram_input(gt).to(weight_dtype),
+                        lr_input=dape_ram_input(cond),
+                        feature_weight=cfg.feature_weight,
+                        logits_weight=cfg.logits_weight,
+                    )
+                accelerator.backward(result.loss / run.gradient_accumulation_steps)
+            loss_sum += result.loss.detach() / run.gradient_accumulation_steps
+            terms += (
+                torch.stack([result.l_fea.detach(), result.l_logits.detach()])
+                / run.gradient_accumulation_steps
+            )
+        grad_norm = float("nan")
+        if run.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, run.max_grad_norm))
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        loss = float(accelerator.reduce(loss_sum, reduction="mean"))
+        l_fea, l_logits = accelerator.reduce(terms, reduction="mean").tolist()
+        logs = {"loss": loss, "l_fea": l_fea, "l_logits": l_logits, "lr": lr_scheduler.get_last_lr()[0]}
+        logs["grad_norm"] = grad_norm
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {done}")
+        if run.logging_steps and (done % run.logging_steps == 0 or done == run.max_train_steps):
+            logger.info(
+                "step %d/%d loss %.5f (fea %.5f, logits %.5f)",
+                done,
+                run.max_train_steps,
+                loss,
+                l_fea,
+                l_logits,
+            )
+            if run.report_to == "tensorboard":
+                accelerator.log(logs, step=done)
+        if run.checkpointing_steps and done % run.checkpointing_steps == 0 and done < run.max_train_steps:
+            save_checkpoint(
+                accelerator,
+                out,
+                done,
+                write_weights=write,
+                optimizer=optimizer,
+                lr_scheduler=lr_scheduler,
+                config=resolved,
+                total_limit=run.checkpoints_total_limit,
+            )
+        if on_step_end is not None:
+            on_step_end(done, logs)
+
+    save_checkpoint(
+        accelerator,
+        out,
+        run.max_train_steps,
+        write_weights=write,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        config=resolved,
+        total_limit=run.checkpoints_total_limit,
+    )
+    if accelerator.is_main_process:
+        save_dape_weights(student, out, template, merged=True)
+        logger.info("trained DAPE in %s (%s, %s, dape/)", out, OFFICIAL_FILE, LORA_FILE)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
