@@ -300,6 +300,9 @@ def test_degradation_shapes_ranges_and_determinism():
 
 
 def test_degradation_rejects_bad_input():
+    import seesr.data
+
+    assert seesr.data.RealESRGANDegradation is RealESRGANDegradation  # lazy package export
     deg = RealESRGANDegradation()
     with pytest.raises(ValueError, match="divisible"):
         deg(torch.rand(1, 3, 66, 64), _gen(0))

@@ -585,6 +585,10 @@ _Y_TABLE = (
 _C_TOP = ((17, 18, 24, 47), (18, 21, 26, 66), (24, 26, 56, 99), (47, 66, 99, 99))
 
 
+_RGB2YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_YCC2RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
+
+
 def _jpeg_tables(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.tensor(_Y_TABLE, dtype=dtype, device=device).T
     cq = torch.full((8, 8), 99.0, dtype=dtype, device=device)
@@ -605,12 +609,10 @@ def quality_to_factor(quality: torch.Tensor) -> torch.Tensor:
     return torch.where(quality < 50, 50.0 / quality, 2.0 - quality / 50.0)
 
 
-def _block_transform(plane: torch.Tensor, mat: torch.Tensor, pre: float = 0.0) -> torch.Tensor:
+def _block_transform(plane: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
     """Apply the 64x64 matrix ``mat`` to every row-major flattened 8x8 block of (N, H, W) (H, W multiples of 8)."""
     n, h, w = plane.shape
     blocks = plane.reshape(n, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(-1, 64)
-    if pre:
-        blocks = blocks + pre
     return (blocks @ mat.T).view(n, h // 8, w // 8, 64)
 
 
@@ -650,27 +652,34 @@ def jpeg_compress(img: torch.Tensor, quality: float | torch.Tensor) -> torch.Ten
         raise ValueError(f"JPEG quality must be in (0, 100], got {q.tolist()}")
     factor = quality_to_factor(q)
     ph, pw = (-h) % 16, (-w) % 16
-    x = F.pad(img.to(dt), (0, pw, 0, ph)) * 255.0
-    r, g, bl = x.unbind(1)
-    y = 0.299 * r + 0.587 * g + 0.114 * bl
-    cb = -0.168736 * r - 0.331264 * g + 0.5 * bl + 128.0
-    cr = 0.5 * r - 0.418688 * g - 0.081312 * bl + 128.0
-    cbcr = F.avg_pool2d(torch.stack([cb, cr], 1), 2)  # (B, 2, H/2, W/2)
+    x = F.pad(img.to(dt), (0, pw, 0, ph))
+    # RGB [0, 1] -> level-shifted YCbCr (Y − 128, Cb − 128, Cr − 128 on the 0–255 scale) as one 3x3 product; the
+    # JFIF chroma offset of +128 and the DCT level shift of −128 cancel
+    fwd = torch.tensor(_RGB2YCC, dtype=dt, device=dev) * 255.0
+    ycc = torch.einsum("ij,bjhw->bihw", fwd, x)
+    ycc[:, 0] -= 128.0
+    cbcr = F.avg_pool2d(ycc[:, 1:], 2)  # (B, 2, H/2, W/2) 2x2 chroma subsampling
     m = _dct_matrix(dev, dt)
     kron = torch.kron(m, m)  # vec(M X Mᵀ) = (M ⊗ M) vec(X) for row-major blocks: one GEMM for all blocks
     y_tab, c_tab = _jpeg_tables(dev, dt)
+    lossless = bool((factor <= 0).any())
 
     def codec(plane: torch.Tensor, table: torch.Tensor, fac: torch.Tensor) -> torch.Tensor:
-        coef = _block_transform(plane, kron, pre=-128.0)
+        coef = _block_transform(plane, kron)
         step = (table.reshape(64) * fac.view(-1, 1)).view(-1, 1, 1, 64)
-        # quality 100 gives a zero step (lossless); guard the division instead of producing NaNs
-        coef = torch.where(step > 0, torch.round(coef / step.clamp_min(1e-12)) * step, coef)
-        return _unblock(coef @ kron) + 128.0
+        if lossless:
+            # quality 100 gives a zero step: keep those coefficients instead of dividing by zero
+            coef = torch.where(step > 0, torch.round(coef / step.clamp_min(1e-12)) * step, coef)
+        else:
+            coef = torch.round(coef / step) * step
+        return _unblock(coef @ kron)
 
-    y = codec(y, y_tab, factor)
+    y = codec(ycc[:, 0], y_tab, factor)
     cbcr = codec(cbcr.reshape(b * 2, *cbcr.shape[-2:]), c_tab, factor.repeat_interleave(2)).view(cbcr.shape)
-    cbcr = cbcr.repeat_interleave(2, -2).repeat_interleave(2, -1) - 128.0
-    cb, cr = cbcr.unbind(1)
-    rgb = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
-    out = rgb.clamp(0, 255)[..., :h, :w] / 255.0
+    ycc = torch.cat([y.unsqueeze(1), F.interpolate(cbcr, scale_factor=2, mode="nearest")], 1)
+    inv = torch.tensor(_YCC2RGB, dtype=dt, device=dev)
+    rgb = (
+        torch.einsum("ij,bjhw->bihw", inv, ycc) + 128.0
+    )  # every row has a unit Y weight: undo the level shift
+    out = (rgb.clamp_(0, 255) / 255.0)[..., :h, :w]
     return out.to(img.dtype)
