@@ -190,3 +190,15 @@ def test_from_pretrained_rejects_unknown_folder(tmp_path):
 
     with pytest.raises(WeightsError, match="not a seesr weights folder"):
         SeeSRPipeline.from_pretrained(tmp_path)
+
+
+def test_bf16_pipeline_keeps_dape_in_fp32_and_returns_float32(fixtures_dir, lr):
+    from seesr.pipeline.pipeline import SeeSRPipeline
+    from tests.tiny_pipeline import official_parts
+
+    pipe16 = SeeSRPipeline.from_official(**official_parts(fixtures_dir), device="cpu", dtype="bf16")
+    assert pipe16.unet.dtype == torch.bfloat16 and pipe16.vae.dtype == torch.bfloat16
+    assert pipe16.dape.dtype == torch.float32
+    result = pipe16(lr, SamplingConfig(num_inference_steps=2, process_size=64), show_progress=False)
+    assert result.image.dtype == torch.float32 and bool(torch.isfinite(result.image).all())
+    assert result.settings["dtype"] == "bfloat16"

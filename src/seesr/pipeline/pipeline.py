@@ -288,7 +288,8 @@ class SeeSRPipeline(DiffusionPipeline):
         tile, overlap = tiling_cfg.latent_tile_size, tiling_cfg.latent_tile_overlap
         if latent_tiling.needs_tiling(h, w, tile, faithful=sampling.faithful):
             boxes = latent_tiling.tile_boxes(h, w, tile, overlap, faithful=sampling.faithful)
-            weight_dtype = torch.float64 if sampling.faithful else torch.float32
+            # official float64 weight maps; MPS has no float64
+            weight_dtype = torch.float64 if sampling.faithful and latents.device.type != "mps" else torch.float32
             out = latent_tiling.tiled_apply(
                 model,
                 (rows, latents.shape[1], h, w),
