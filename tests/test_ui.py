@@ -7,8 +7,13 @@ import functools
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -413,6 +418,37 @@ def test_cli_examples_folder(launches, tmp_path, fixtures_dir):
     (ex / "notes.txt").write_text("not an example")
     assert main(["ui", "--examples", str(ex), "--output-dir", str(tmp_path)]) == 0
     assert main(["ui", "--examples", str(tmp_path / "nope")]) == 1  # one-line error, exit 1
+
+
+def test_cli_serves_the_page_in_a_subprocess(tmp_path):
+    """The real `seesr ui` launch path (no monkeypatch): the page is served on 127.0.0.1 and says weights are
+    missing."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "SEESR_WEIGHTS"}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    cmd = [sys.executable, "-m", "seesr", "ui", "--port", str(port), "--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        config = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as resp:
+                    config = json.loads(resp.read())
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        assert config is not None, f"seesr ui did not serve the page: {proc.poll()=}"
+        texts = " ".join(
+            str(c["props"].get("value")) for c in config["components"] if c.get("type") == "markdown"
+        )
+        assert "No SeeSR weights were given" in texts
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in out, out
 
 
 # -- the real pipeline with the tiny fixture weights ---------------------------------------------------------------

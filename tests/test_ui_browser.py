@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -44,6 +45,24 @@ pytest.importorskip("gradio", reason="the `ui` extra (gradio) is not installed")
 from seesr.config import SamplingConfig  # noqa: E402
 from seesr.ui.app import build_app  # noqa: E402
 from tests.test_ui import COFFEE, StubPipeline, tiny_pipeline  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_outbound_connections(monkeypatch):
+    """Fail if the in-process Gradio server (or anything else in this process) connects beyond loopback."""
+    attempts: list[str] = []
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(str(address))
+            raise OSError(f"test forbids outbound connections (to {address})")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    yield
+    assert attempts == [], f"the server tried to reach the network: {attempts}"
 
 
 @pytest.fixture(scope="module")
@@ -184,25 +203,40 @@ def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_p
     assert time.perf_counter() - started < 120  # a hang shows up here, not as a stuck CI job
 
 
-def test_progress_bar_and_cancel(browser, fixtures_dir, tmp_path):
+def test_example_preset_progress_bar_and_cancel(browser, fixtures_dir, tmp_path):
     stub = StubPipeline(delay=0.4)
     app = build_app(
-        stub, output_dir=tmp_path / "out", sampling_defaults=SamplingConfig(num_inference_steps=40)
+        stub,
+        output_dir=tmp_path / "out",
+        examples=[fixtures_dir / COFFEE],
+        sampling_defaults=SamplingConfig(num_inference_steps=40),
     )
     s = Served(browser, app)
     try:
         page = s.page
-        _upload(s, fixtures_dir / COFFEE)
-        s.wait_status("DAPE found")
+        page.get_by_text(Path(COFFEE).name).first.click()  # pick the example instead of uploading
+        assert "coffee_48x64.png" in s.wait_status("DAPE found")
+        assert s.tags() == ["cup", "coffee", "table"]
+        steps = page.locator("#seesr-steps input[type=number]")
+        page.locator("#seesr-preset input[value=turbo]").check()
+        page.wait_for_function(
+            "() => document.querySelector('#seesr-steps input[type=number]').value === '2'"
+        )
+        page.locator("#seesr-preset input[value=default]").check()
+        page.wait_for_function(
+            "() => document.querySelector('#seesr-steps input[type=number]').value === '50'"
+        )
+        assert steps.input_value() == "50"
         page.click("#seesr-run")
-        # Gradio's progress overlay on the outputs shows the pipeline's step counter, e.g. "denoising 3/40".
-        page.locator("#seesr-result", has_text="/40").wait_for()
+        # Gradio's progress overlay on the outputs shows the pipeline's step counter, e.g. "denoising 3/50".
+        page.locator("#seesr-result", has_text="/50").wait_for()
         page.click("#seesr-cancel")
         s.wait_status("Cancel")
         deadline = time.perf_counter() + 10
         while stub.active and time.perf_counter() < deadline:
             time.sleep(0.1)
-        assert stub.active == 0 and 0 < stub.steps_done < 40  # the pipeline itself stopped, not only the page
+        assert stub.calls[-1]["sampling"].num_inference_steps == 50  # the knob reached the pipeline
+        assert stub.active == 0 and 0 < stub.steps_done < 50  # the pipeline itself stopped, not only the page
         assert page.locator("#seesr-result img").count() == 0
         assert not list((tmp_path / "out").rglob("*.png"))
         assert s.external == [] and s.errors == []
