@@ -319,6 +319,8 @@ def test_config_presets_and_yaml(tmp_path):
     (tmp_path / "ok.yaml").write_text("noise_range: [2, 10]\nuse_usm: false\n")
     cfg = load_degradation_config(tmp_path / "ok.yaml", preset="realesrgan")
     assert cfg.noise_range == (2, 10) and cfg.jpeg_range == (60.0, 95.0) and not cfg.use_usm
+    with pytest.raises(FileNotFoundError, match="none.yaml"):
+        load_degradation_config(tmp_path / "none.yaml")
     (tmp_path / "bad.yaml").write_text("noise_rnage: [2, 10]\n")
     with pytest.raises(ValueError, match="noise_rnage"):
         load_degradation_config(tmp_path / "bad.yaml")

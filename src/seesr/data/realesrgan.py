@@ -204,18 +204,33 @@ PRESETS: dict[str, DegradationConfig] = {
 
 
 def load_degradation_config(path: str | Path | None = None, preset: str = "seesr") -> DegradationConfig:
-    """The ``preset`` with the keys of the YAML file at ``path`` (if any) overriding it; unknown keys raise."""
-    from seesr.config import config_from_dict, load_yaml_config
+    """The ``preset`` with the keys of the YAML file at ``path`` (if any) overriding it; unknown keys raise.
+
+    Example YAML (any subset of the ``DegradationConfig`` fields)::
+
+        noise_range: [1, 15]
+        jpeg_range2: [60, 100]
+        use_usm: false
+    """
+    import yaml
+
+    from seesr.config import config_from_dict
 
     base = DegradationConfig.preset(preset)
     if path is None:
         return base
-    # validate the file's keys against the dataclass first, then overlay only the keys it sets
-    import yaml
-
-    load_yaml_config(DegradationConfig, path)
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"degradation config not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of DegradationConfig fields, got {type(data).__name__}")
     merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    unknown = sorted(set(data) - set(merged))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) {unknown} for DegradationConfig; expected some of {sorted(merged)}"
+        )
     merged.update(data)
     return config_from_dict(DegradationConfig, merged, where=str(path))
 
