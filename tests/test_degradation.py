@@ -365,6 +365,17 @@ def test_ks_degradation_strength_matches_official(our_draws, deg_fixture):
         assert d <= limit, f"KS D({key}) = {d:.3f} > {limit}"
 
 
+def test_ks_test_rejects_wrong_parameter_sets(our_draws, deg_fixture):
+    """Power check: our draws against the official pipeline run with *wrong* parameters (stats.json variants) fail."""
+    from scipy.stats import ks_2samp
+
+    variants = deg_fixture[2]["variants"]
+    for name in ("noise_x2", "online_yml_params", "no_stage2_blur_resize_noise"):
+        draws = variants[name]["draws"]
+        d = max(ks_2samp(our_draws[k], draws[k]).statistic for k in ("psnr_y_usm", "psnr_y_orig"))
+        assert d > 0.11, f"variant {name} not rejected (D = {d:.3f})"
+
+
 def test_drawn_parameters_match_official_marginals(our_draws, deg_fixture):
     from scipy.stats import chisquare, ks_2samp
 
