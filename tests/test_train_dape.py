@@ -15,6 +15,13 @@ from seesr.training.steps import dape_ram_input, dape_training_step, soft_label_
 from tests.test_train_seesr import STEMS, one_thread, read
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Tiny models run faster on one thread on a shared 2-core machine (and the fixtures were built on one)."""
+    with one_thread():
+        yield
+
+
 def _ram_kwargs(ram):
     return dict(
         tag_list=ram / "ram_tag_list.txt",

@@ -40,6 +40,13 @@ def one_thread():
         torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Tiny models run faster on one thread on a shared 2-core machine (and the fixtures were built on one)."""
+    with one_thread():
+        yield
+
+
 def read(path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(load_image(path).rgb)).permute(2, 0, 1).contiguous()
 
@@ -87,9 +94,18 @@ def step_result(fixtures_dir):
     out.loss.backward()
     frozen = [p for m in (vae, text_encoder, dape) for p in m.parameters()]
     frozen += [p for n, p in unet.named_parameters() if ".image_attentions." not in n]
-    return dict(
-        ref=ref, info=info, out=out, gt=gt, cond=cond, ram_input=ram_input, trainable=trainable, frozen=frozen
+    models = dict(
+        unet=unet,
+        controlnet=controlnet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        soft_prompt=dape,
     )
+    return dict(
+        ref=ref, info=info, out=out, gt=gt, cond=cond, prompts=prompts, draws=draws, models=models,
+        ram_input=ram_input, trainable=trainable, frozen=frozen,
+    )  # fmt: skip
 
 
 def _norm(params) -> float:
@@ -269,3 +285,98 @@ def test_trained_folder_loads_like_the_release(killed_and_resumed, fixtures_dir)
     assert any(not torch.equal(trained[k], start[k]) for k in trained if ".image_attentions." in k)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["run"]["max_train_steps"] == 3 and cfg["null_text_ratio"] == 0.5
+
+
+def make_tiny_sd2_base(fixtures_dir, folder, *, prediction_type="epsilon"):
+    """An SD-2-base-like folder: sd2-tiny's VAE/text encoder/tokenizer + a stock UNet (seesr-tiny minus RCA)."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    src = fixtures_dir / "sd2-tiny"
+    folder.mkdir(parents=True)
+    for sub in ("vae", "text_encoder", "tokenizer"):
+        (folder / sub).symlink_to(src / sub, target_is_directory=True)
+    (folder / "scheduler").mkdir(parents=True)
+    sched = json.loads((src / "scheduler" / "scheduler_config.json").read_text())
+    sched["prediction_type"] = prediction_type
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
+    config = json.loads((fixtures_dir / "seesr-tiny" / "unet" / "config.json").read_text())
+    config.pop("use_image_cross_attention")
+    unet = UNet2DConditionModel.from_config(config)
+    sd = load_file(fixtures_dir / "seesr-tiny" / "unet" / "diffusion_pytorch_model.safetensors")
+    unet.load_state_dict({k: v for k, v in sd.items() if ".image_attentions." not in k}, strict=True)
+    unet.save_pretrained(folder / "unet")
+    shutil.copy(src / "model_index.json", folder / "model_index.json")
+    return folder
+
+
+def test_fresh_start_from_sd2_with_online_degradation_tags_and_v_loss(fixtures_dir, tmp_path):
+    """SD-2 start (fresh RCA, ControlNet from the UNet), HQ-only data degraded online, tags from a frozen RAM, and
+    a v-prediction base: one step runs and the outputs load strictly."""
+    from seesr.cli import main
+    from seesr.training.models import unet_from_sd2
+
+    base = make_tiny_sd2_base(fixtures_dir, tmp_path / "sd2", prediction_type="v_prediction")
+    fresh = unet_from_sd2(base)
+    stock = load_file(base / "unet" / "diffusion_pytorch_model.safetensors")
+    state = fresh.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in stock.items())
+    assert len(state) - len(stock) == 286  # the fresh RCA tensors
+    cfg = tiny_seesr_config(fixtures_dir, tmp_path / "out", max_train_steps=1)
+    cfg.update(
+        pretrained_model=str(base),
+        init_from=None,
+        data=dict(hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")], resolution=64, tags="online"),
+    )
+    with one_thread():
+        assert main(["train", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0
+    unet = SeeSRUNet.from_pretrained(tmp_path / "out", subfolder="unet")
+    controlnet = SeeSRControlNet.from_pretrained(tmp_path / "out", subfolder="controlnet")
+    assert unet.num_rca_modules == 11 and controlnet.num_rca_modules == 5
+
+
+def test_v_prediction_base_trains_on_the_velocity(step_result, fixtures_dir):
+    """With a v-prediction scheduler the target is alpha_t * noise - sigma_t * x0 and the loss is MSE to it."""
+    from diffusers import DDPMScheduler
+
+    ref = step_result["ref"]
+    sched = DDPMScheduler.from_pretrained(
+        fixtures_dir / "sd2-tiny", subfolder="scheduler", prediction_type="v_prediction"
+    )
+    with torch.no_grad():
+        out = seesr_training_step(
+            **step_result["models"], noise_scheduler=sched, gt=step_result["gt"], cond=step_result["cond"],
+            prompts=step_result["prompts"], draws=step_result["draws"],
+        )  # fmt: skip
+    t = ref["timesteps"]
+    a = sched.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - sched.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    velocity = a * ref["noise"] - s * ref["latents"]
+    assert (out.target - velocity).abs().max() <= 1e-5
+    assert not torch.allclose(out.target, ref["noise"])
+    assert (
+        abs(out.loss.item() - torch.mean((out.model_pred - velocity) ** 2).item()) <= 1e-5 * out.loss.item()
+    )
+    assert (out.model_pred - ref["model_pred"]).abs().max() <= 1e-5 * max(1.0, ref["model_pred"].abs().max())
+
+
+def test_controlnet_only_ablation_trains_without_rca(fixtures_dir, tmp_path):
+    """Paper Table 7 exp. 1: no DAPE, no RCA, empty captions; the UNet gets no trainable parameters."""
+    from seesr.cli import main
+
+    base = make_tiny_sd2_base(fixtures_dir, tmp_path / "sd2")
+    cfg = tiny_seesr_config(fixtures_dir, tmp_path / "out", max_train_steps=1)
+    cfg.update(
+        pretrained_model=str(base),
+        init_from=None,
+        use_rca=False,
+        data=dict(paired_roots=[str(fixtures_dir / "reference" / "train")], resolution=64, tags="none"),
+    )
+    with one_thread():
+        assert main(["train", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0
+    unet = SeeSRUNet.from_pretrained(tmp_path / "out", subfolder="unet")
+    controlnet = SeeSRControlNet.from_pretrained(tmp_path / "out", subfolder="controlnet")
+    assert unet.num_rca_modules == 0 and controlnet.num_rca_modules == 0
+    stock = load_file(base / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in stock.items())
