@@ -178,6 +178,23 @@ def test_filter2d_fft_and_direct_paths_match_reference_convolution():
         assert (D.filter2d(big, kernels[0]) - ref_big).abs().max() < 1e-5
 
 
+def test_rank_one_kernels_take_the_exact_separable_path():
+    x = torch.rand(2, 3, 48, 60, generator=_gen(4))
+    for kernel, separable in (
+        (D.bivariate_gaussian_kernel(9, 1.7), True),  # isotropic Gaussian
+        (D.bivariate_gaussian_kernel(11, 2.0, 0.6, 0.0), True),  # axis-aligned anisotropic: u != v
+        (D.bivariate_gaussian_kernel(11, 2.0, 0.6, 0.5), False),  # rotated
+        (D.sinc_kernel(9, 1.3), False),
+    ):
+        assert (D._separable_factors(kernel[None]) is not None) == separable
+        k = kernel.float()
+        s = k.shape[-1]
+        ref = F.conv2d(
+            F.pad(x, (s // 2,) * 4, mode="reflect").view(6, 1, 48 + s - 1, 60 + s - 1), k.view(1, 1, s, s)
+        ).view(2, 3, 48, 60)
+        assert (D.filter2d(x, k) - ref).abs().max() < 1e-5
+
+
 def test_usm_blur_separable_equals_2d():
     g = D.cv2_gaussian_kernel_1d(51)
     sigma = 0.3 * ((51 - 1) / 2 - 1) + 0.8
