@@ -15,7 +15,13 @@ Differences from the official code (documented choices):
   second-blur coin and final order once per *batch*; here every sample draws its own, so the per-draw marginal
   distributions are the official ones while samples of a batch are independent. Kernels are per sample as in the
   official dataset. The kernel draws happen here instead of in the dataset.
-* **JPEG** is the DiffJPEG model (not libjpeg), re-implemented batched; see ``seesr.data.degradations.jpeg_compress``.
+* **JPEG is not a real encoder**: it is the DiffJPEG model the official pairs were made with (``differentiable=False``:
+  hard rounding), re-implemented batched with a float per-sample quality; it runs on any device without a host
+  round-trip and keeps the official degradation distribution (libjpeg differs: integer quality, clamped tables,
+  fancy chroma upsampling, uint8 output). See ``seesr.data.degradations.jpeg_compress``.
+* **Batching**: USM runs on the whole batch; because every sample has its own resize scales (hence its own
+  intermediate sizes), the rest runs per sample. Exact fast paths: separable passes for the 51x51 USM blur and
+  for rank-1 blur kernels, FFT filtering for large kernels, one GEMM for all 8x8 DCT blocks.
 * Random numbers come from a ``torch.Generator`` (or one generator per sample), never from global RNGs.
 
 The default ``DegradationConfig()`` is SeeSR's make_paired_data parameter set; ``DegradationConfig.preset("realesrgan")``
