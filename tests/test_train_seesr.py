@@ -380,3 +380,51 @@ def test_controlnet_only_ablation_trains_without_rca(fixtures_dir, tmp_path):
     assert unet.num_rca_modules == 0 and controlnet.num_rca_modules == 0
     stock = load_file(base / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in stock.items())
+
+
+def test_shipped_configs_load_and_hold_the_recipes():
+    from seesr.training.checkpoint import lr_factor
+    from seesr.training.config import TrainDAPEConfig, TrainSeeSRConfig, load_train_config
+    from tests.conftest import REPO_ROOT
+
+    configs = {p.stem: p for p in (REPO_ROOT / "configs").glob("*.yaml")}
+    assert len(configs) >= 8
+    loaded = {
+        name: load_train_config(TrainDAPEConfig if "dape" in name else TrainSeeSRConfig, path)
+        for name, path in configs.items()
+    }
+    paper = loaded["train_seesr_paper_8gpu"].run
+    assert paper.train_batch_size * paper.gradient_accumulation_steps * 8 == 32
+    assert (paper.max_train_steps, paper.learning_rate, paper.weight_decay) == (100_000, 5e-5, 1e-2)
+    single = loaded["train_seesr_24gb"].run
+    assert (
+        single.train_batch_size * single.gradient_accumulation_steps == 32 and single.gradient_checkpointing
+    )
+    assert loaded["ablation_controlnet_only"].use_rca is False
+    assert loaded["ablation_controlnet_only"].data.tags == "none"
+    assert loaded["ablation_plain_ram"].ram.dape_checkpoint is None
+    dape = loaded["train_dape_paper"].run
+    assert (dape.max_train_steps, dape.learning_rate, dape.train_batch_size * 8) == (20_000, 1e-4, 32)
+    official = loaded["train_dape_official"].run
+    assert (official.max_train_steps, official.train_batch_size, official.lr_milestones) == (
+        300_000,
+        8,
+        (20000, 30000),
+    )
+    factors = [lr_factor(s, official) for s in (0, 48, 49, 19_999, 20_000, 29_999, 30_000)]
+    assert factors == [1 / 50, 49 / 50, 1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_config_rejects_unknown_keys_and_bad_data(tmp_path):
+    from seesr.training.config import TrainSeeSRConfig, load_train_config
+
+    bad = write_yaml(tmp_path / "bad.yaml", {"run": {"max_train_step": 10}})
+    with pytest.raises(ValueError, match="max_train_step"):
+        load_train_config(TrainSeeSRConfig, bad)
+    both = write_yaml(tmp_path / "both.yaml", {"data": {"paired_roots": ["a"], "hq_roots": ["b"]}})
+    with pytest.raises(ValueError, match="exactly one"):
+        load_train_config(TrainSeeSRConfig, both)
+    partial = load_train_config(
+        TrainSeeSRConfig, write_yaml(tmp_path / "p.yaml", {"run": {"max_train_steps": 7}})
+    )
+    assert partial.run.max_train_steps == 7 and partial.run.learning_rate == 5e-5
