@@ -50,6 +50,47 @@ DEFAULT_RANK = 8
 DEFAULT_ALPHA = 1.0
 
 
+def _check_shapes(
+    lora_A: torch.Tensor, lora_B: torch.Tensor, groups: Sequence[bool], out_features: int
+) -> tuple[int, int]:
+    """Validate loralib shapes; return ``(rank, rows per block)``."""
+    n_on = sum(bool(g) for g in groups)
+    if n_on == 0:
+        raise ValueError(f"LoRA groups {tuple(groups)} enable no output block")
+    block = out_features // len(groups)
+    r = lora_A.shape[0] // n_on if lora_A.ndim == 2 else 0
+    if (
+        lora_A.ndim != 2
+        or lora_B.ndim != 2
+        or r == 0
+        or r * n_on != lora_A.shape[0]
+        or tuple(lora_B.shape) != (block * n_on, r)
+        or block * len(groups) != out_features
+    ):
+        raise ValueError(
+            f"LoRA shapes lora_A {tuple(lora_A.shape)} / lora_B {tuple(lora_B.shape)} do not fit a layer with "
+            f"{out_features} outputs and groups {tuple(groups)} (expected lora_A (r*{n_on}, in), "
+            f"lora_B ({block * n_on}, r))"
+        )
+    return r, block
+
+
+def _delta_blocks(
+    lora_A: torch.Tensor, lora_B: torch.Tensor, groups: Sequence[bool], out_features: int, scale: float
+) -> list[tuple[slice, torch.Tensor]]:
+    """``[(row slice of the base weight, (B_i @ A_i) * scale)]`` for the enabled blocks."""
+    r, block = _check_shapes(lora_A, lora_B, groups, out_features)
+    out = []
+    i = 0
+    for g, on in enumerate(groups):
+        if on:
+            # loralib computes (B @ A) first and scales afterwards; keep that order for bitwise-close merges
+            d = (lora_B[i * block : (i + 1) * block] @ lora_A[i * r : (i + 1) * r]) * scale
+            out.append((slice(g * block, (g + 1) * block), d))
+            i += 1
+    return out
+
+
 def lora_delta(
     lora_A: torch.Tensor, lora_B: torch.Tensor, groups: Sequence[bool], out_features: int, scale: float
 ) -> torch.Tensor:
@@ -68,34 +109,14 @@ def lora_delta(
     Raises:
         ValueError: if the shapes do not fit ``groups``/``out_features``.
     """
-    n_on = sum(bool(g) for g in groups)
-    if n_on == 0:
-        raise ValueError(f"LoRA groups {tuple(groups)} enable no output block")
-    block = out_features // len(groups)
-    r = lora_A.shape[0] // n_on
-    if (
-        lora_A.ndim != 2
-        or lora_B.ndim != 2
-        or r * n_on != lora_A.shape[0]
-        or lora_B.shape != (block * n_on, r)
-        or block * len(groups) != out_features
-    ):
-        raise ValueError(
-            f"LoRA shapes lora_A {tuple(lora_A.shape)} / lora_B {tuple(lora_B.shape)} do not fit a layer with "
-            f"{out_features} outputs and groups {tuple(groups)} (expected lora_A (r*{n_on}, in), "
-            f"lora_B ({block * n_on}, r))"
-        )
-    delta = lora_A.new_zeros(out_features, lora_A.shape[1])
-    i = 0
-    for g, on in enumerate(groups):
-        if not on:
-            continue
-        # loralib computes (B @ A) first and scales afterwards; keep that order for bitwise-close merges
-        delta[g * block : (g + 1) * block] = (
-            lora_B[i * block : (i + 1) * block] @ lora_A[i * r : (i + 1) * r]
-        ) * scale
-        i += 1
-    return delta
+    blocks = _delta_blocks(lora_A, lora_B, groups, out_features, scale)
+    parts = []
+    for on in groups:
+        if on:
+            parts.append(blocks.pop(0)[1])
+        else:
+            parts.append(lora_A.new_zeros(out_features // len(groups), lora_A.shape[1]))
+    return torch.cat(parts, dim=0)
 
 
 def merge_delta_(
@@ -107,16 +128,24 @@ def merge_delta_(
 ) -> torch.Tensor:
     """Add a LoRA update into ``weight`` in place (loralib's merge on ``eval()``) and return it.
 
+    Only the enabled row blocks are touched (no full-size temporary).
+
     Args:
         weight: ``(out, in)`` base weight, modified in place.
         lora_A: see :func:`lora_delta`.
         lora_B: see :func:`lora_delta`.
         groups: enabled output blocks.
         scale: ``alpha / r``.
+
+    Raises:
+        ValueError: if the shapes do not fit.
     """
-    delta = lora_delta(lora_A.to(weight.dtype), lora_B.to(weight.dtype), groups, weight.shape[0], scale)
+    if lora_A.ndim == 2 and lora_A.shape[1] != weight.shape[1]:
+        raise ValueError(f"lora_A {tuple(lora_A.shape)} does not fit a weight of shape {tuple(weight.shape)}")
+    a, b = lora_A.to(weight.dtype), lora_B.to(weight.dtype)
     with torch.no_grad():
-        weight.add_(delta.to(weight.device))
+        for rows, d in _delta_blocks(a, b, groups, weight.shape[0], scale):
+            weight[rows].add_(d.to(weight.device))
     return weight
 
 
@@ -177,7 +206,7 @@ class LoRALinear(nn.Linear):
     def set_lora(self, lora_A: torch.Tensor, lora_B: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> None:
         """Install given LoRA tensors (copied) as unmerged trainable parameters; the rank is read from lora_B."""
         r = int(lora_B.shape[1])
-        lora_delta(lora_A, lora_B, self.groups, self.out_features, 1.0)  # validates the shapes
+        _check_shapes(lora_A, lora_B, self.groups, self.out_features)
         if lora_A.shape[1] != self.in_features:
             raise ValueError(
                 f"lora_A {tuple(lora_A.shape)} does not fit in_features={self.in_features} of this layer"

@@ -13,6 +13,7 @@ rebuilt by :meth:`SwinEncoder.init_buffers` (e.g. after building on the meta dev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -22,16 +23,27 @@ from torch import nn
 from seesr.models.lora import LoRALinear
 
 
+@functools.lru_cache(maxsize=8)
 def relative_position_index(window: int) -> torch.Tensor:
-    """``(window², window²)`` int64 index into the ``(2·window−1)²`` relative-bias table (Swin v1 layout)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    """``(window², window²)`` int64 index into the ``(2·window−1)²`` relative-bias table (Swin v1 layout).
+
+    Cached: callers must not modify the returned CPU tensor in place.
+    """
+    # explicit CPU: these run inside `torch.device("meta")` construction too, where meta kernels of meshgrid &
+    # co. would pull in torch's symbolic-shape machinery (seconds of import time)
+    ar = torch.arange(window, device="cpu")
+    coords = torch.stack(torch.meshgrid(ar, ar, indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
+@functools.lru_cache(maxsize=16)
 def shifted_window_mask(resolution: int, window: int, shift: int) -> torch.Tensor:
-    """``(nW, window², window²)`` additive mask (0 / −100) that keeps cyclically shifted windows apart."""
-    img = torch.zeros(resolution, resolution)
+    """``(nW, window², window²)`` additive mask (0 / −100) that keeps cyclically shifted windows apart.
+
+    Cached: callers must not modify the returned CPU tensor in place.
+    """
+    img = torch.zeros(resolution, resolution, device="cpu")
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     region = 0
     for hs in bounds:
@@ -42,7 +54,7 @@ def shifted_window_mask(resolution: int, window: int, shift: int) -> torch.Tenso
     win = img.view(n, window, n, window).permute(0, 2, 1, 3).reshape(n * n, window * window)
     diff = win[:, None, :] - win[:, :, None]
     # -100 (not -inf), as in the reference implementation
-    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+    return torch.where(diff != 0, torch.tensor(-100.0, device="cpu"), torch.tensor(0.0, device="cpu"))
 
 
 class WindowAttention(nn.Module):
