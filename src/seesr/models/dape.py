@@ -5,7 +5,7 @@ cross-attention ``query``/``key`` carry a rank-8 LoRA trained to be robust to de
 outputs: the **tags** ("hard prompt": classes with ``sigmoid(logit) > threshold``, ", "-joined in tag-list order)
 and the **image embeddings** ("soft prompt": ``image_proj(swin(x))``, ``(B, 145, 512)``).
 
-Only what those two outputs need is built (≈213M parameters at full size; the official RAM also builds a
+Only what those two outputs need is built (212,117,045 parameters at full size; the official RAM also builds a
 ``tag_encoder`` and ``text_decoder``, 471M in total): the Swin encoder, ``image_proj``, ``label_embed``,
 ``wordvec_proj``, the two-layer cross-attention-only ``tagging_head`` (Query2Label) and ``fc``. Parameter names equal
 the official state-dict keys, so :meth:`DAPE.from_official` reads ``ram_swin_large_14m.pth`` + ``DAPE.pth``
