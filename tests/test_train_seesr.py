@@ -327,7 +327,13 @@ def test_fresh_start_from_sd2_with_online_degradation_tags_and_v_loss(fixtures_d
     cfg.update(
         pretrained_model=str(base),
         init_from=None,
-        data=dict(hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")], resolution=64, tags="online"),
+        data=dict(
+            hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")],
+            resolution=64,
+            tags="online",
+            hq_min_pixels=0,  # the fixture GTs are 64 px, far below the official 384² filter
+            hq_min_bytes=0,
+        ),
     )
     with one_thread():
         assert main(["train", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from seesr.training.config import TrainSeeSRConfig, load_train_config
     from seesr.training.train_seesr import train_seesr
 
+    _quiet_other_ranks(os)
     cfg = load_train_config(TrainSeeSRConfig, args.config)
     cfg = _override_run(cfg, args, dataclasses)
     out = train_seesr(cfg, resume=args.resume)
@@ -53,3 +54,11 @@ def _override_run(cfg, args: argparse.Namespace, dataclasses):
     if not changes:
         return cfg
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **changes))
+
+
+def _quiet_other_ranks(os) -> None:
+    """Under torchrun / accelerate launch only rank 0 logs progress; the others log warnings and errors."""
+    import logging
+
+    if os.environ.get("RANK", "0") != "0":
+        logging.getLogger("seesr").setLevel(logging.WARNING)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from seesr.cli.train import _override_run
+from seesr.cli.train import _override_run, _quiet_other_ranks
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from seesr.training.config import TrainDAPEConfig, load_train_config
     from seesr.training.train_dape import train_dape
 
+    _quiet_other_ranks(os)
     cfg = load_train_config(TrainDAPEConfig, args.config)
     cfg = _override_run(cfg, args, dataclasses)
     out = train_dape(cfg, resume=args.resume)

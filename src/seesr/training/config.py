@@ -32,6 +32,9 @@ class TrainDataConfig:
             GT (what ``make_tags.py`` does offline); ``none`` = every caption is ``''`` (paper Table 7 exp. 1).
         shuffle: reshuffle the data set each epoch (official: ``shuffle=False``).
         num_workers: DataLoader workers.
+        hq_min_pixels, hq_min_bytes: HQ images smaller than this are skipped (official RealESRGANDataset filter:
+            384² pixels, 100 KiB); stage 2 only (stage 1 resizes every HQ image to ``resolution``² as the official
+            DAPE loader).
     """
 
     paired_roots: tuple[str, ...] = ()
@@ -40,6 +43,8 @@ class TrainDataConfig:
     tags: TagSource = "precomputed"
     shuffle: bool = True
     num_workers: int = 0
+    hq_min_pixels: int = 384 * 384
+    hq_min_bytes: int = 100 * 1024
 
     def __post_init__(self) -> None:
         if bool(self.paired_roots) == bool(self.hq_roots):

@@ -27,8 +27,6 @@ from seesr.training.steps import mix_seed
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields, for each (step, micro-step) from ``start_step``, this process's list of ``(index, sample_id)``.
@@ -91,99 +89,71 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(0, self.stop - self.start) * self.accum
 
 
-def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) float32 [0, 1] -> contiguous (3, H, W) (contiguous: resizes of channels-last views round
-    differently)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
-
-
 def read_rgb(path: str | Path) -> torch.Tensor:
-    """One image as (3, H, W) float32 in [0, 1] (through :func:`seesr.io.load_image`)."""
+    """One image as contiguous (3, H, W) float32 in [0, 1] (through :func:`seesr.io.load_image`)."""
     from seesr.io import load_image
 
-    return _to_tensor(load_image(path).rgb)
-
-
-def _list_images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"training folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    out: dict[str, Path] = {}
-    for p in files:
-        if p.stem in out:
-            raise ValueError(f"two images with the stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}")
-        out[p.stem] = p
-    return out
+    return torch.from_numpy(np.ascontiguousarray(load_image(path).rgb)).permute(2, 0, 1).contiguous()
 
 
 class PairedTrainingData(Dataset):
-    """``make-pairs`` folders: ``gt/``, ``sr_bicubic/`` and (when ``with_tags``) ``tag/<stem>.txt``, paired by
-    file stem in sorted order (the official globs pair by directory order, spec §9 item 16).
-
-    Raises:
-        FileNotFoundError: a folder is missing, or a GT has no ``sr_bicubic``/``tag`` partner (named).
-    """
+    """``make-pairs`` folders through :class:`seesr.data.datasets.PairedFolderDataset` (paired by stem, sorted):
+    ``gt`` -> ``gt``, ``sr_bicubic`` -> ``cond``, ``tag`` text -> ``prompt`` (when ``with_tags``, else ``""``)."""
 
     def __init__(self, roots: Sequence[str | Path], *, with_tags: bool) -> None:
-        self.records: list[tuple[Path, Path, Path | None]] = []
-        for root in map(Path, roots):
-            gts = _list_images(root / "gt")
-            conds = _list_images(root / "sr_bicubic")
-            for stem, gt in gts.items():
-                if stem not in conds:
-                    raise FileNotFoundError(f"{gt} has no partner {root / 'sr_bicubic'}/{stem}.*")
-                tag = root / "tag" / f"{stem}.txt"
-                if with_tags and not tag.is_file():
-                    raise FileNotFoundError(f"{gt} has no tag file {tag}")
-                self.records.append((gt, conds[stem], tag if with_tags else None))
-        if not self.records:
-            raise ValueError(f"no training images in {[str(r) for r in roots]} (expected <root>/gt/*.png)")
+        from seesr.data.datasets import PairedFolderDataset
+
+        keys = ("gt", "sr_bicubic", "tag") if with_tags else ("gt", "sr_bicubic")
+        self.pairs = PairedFolderDataset(list(roots), keys=keys)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.pairs)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, sample_id = key
-        gt_path, cond_path, tag_path = self.records[index]
-        gt, cond = read_rgb(gt_path), read_rgb(cond_path)
+        item = self.pairs[index]
+        gt, cond = item["gt"].contiguous(), item["sr_bicubic"].contiguous()
         if gt.shape != cond.shape:
-            raise ValueError(f"{gt_path} is {tuple(gt.shape)} but {cond_path} is {tuple(cond.shape)}")
-        prompt = tag_path.read_text(encoding="utf-8") if tag_path is not None else ""
-        return {"sample_id": sample_id, "gt": gt, "cond": cond, "prompt": prompt}
+            raise ValueError(
+                f"pair {item['root']}/{item['name']}: gt {tuple(gt.shape)} vs sr_bicubic {tuple(cond.shape)}"
+            )
+        return {"sample_id": sample_id, "gt": gt, "cond": cond, "prompt": item.get("tag", "")}
 
 
 class HQTrainingData(Dataset):
-    """HQ-only folders (spec §6.1 GT side): a random ``resolution``² crop (reflect-padded when smaller) and a
-    horizontal flip with probability 0.5, drawn from a generator keyed by ``(seed, sample_id)``; the degradation
-    runs later on the training device."""
+    """HQ-only folders through :class:`seesr.data.datasets.HQFolderDataset` (official GT side: ``mode="seesr"``
+    filter + flip + reflect-pad + random crop, or ``mode="dape"`` LANCZOS resize), with the crop/flip drawn from a
+    generator keyed by ``(seed, sample_id)``; the degradation runs later on the training device."""
 
-    def __init__(self, roots: Sequence[str | Path], *, resolution: int, seed: int) -> None:
-        self.files: list[Path] = []
-        for root in map(Path, roots):
-            self.files += list(_list_images(Path(root)).values())
-        if not self.files:
-            raise ValueError(f"no HQ images in {[str(r) for r in roots]}")
-        self.resolution, self.seed = resolution, seed
+    def __init__(
+        self,
+        roots: Sequence[str | Path],
+        *,
+        resolution: int,
+        seed: int,
+        mode: str = "seesr",
+        min_pixels: int = 384 * 384,
+        min_bytes: int = 100 * 1024,
+    ) -> None:
+        from seesr.data.datasets import HQFolderDataset
+
+        self.images = HQFolderDataset(
+            list(roots),
+            mode=mode,
+            crop_size=resolution,
+            min_pixels=min_pixels,
+            min_bytes=min_bytes,
+            seed=seed,
+        )
+        self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, sample_id = key
-        img = read_rgb(self.files[index])
-        s = self.resolution
-        _, h, w = img.shape
-        if h < s or w < s:
-            pad_h, pad_w = max(0, s - h), max(0, s - w)
-            img = F.pad(img[None], (0, pad_w, 0, pad_h), mode="reflect")[0]
-            _, h, w = img.shape
         g = torch.Generator().manual_seed(mix_seed(self.seed, sample_id, 0xC809))
-        top = int(torch.randint(0, h - s + 1, (1,), generator=g))
-        left = int(torch.randint(0, w - s + 1, (1,), generator=g))
-        crop = img[:, top : top + s, left : left + s]
-        if float(torch.rand((1,), generator=g)) < 0.5:
-            crop = crop.flip(-1)
-        return {"sample_id": sample_id, "gt": crop.contiguous(), "prompt": ""}
+        return {"sample_id": sample_id, "gt": self.images.load(index, g).contiguous(), "prompt": ""}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,11 +168,19 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def build_dataset(data_cfg: Any, *, seed: int) -> Dataset:
-    """The data set a :class:`~seesr.training.config.TrainDataConfig` describes."""
+def build_dataset(data_cfg: Any, *, seed: int, hq_mode: str = "seesr") -> Dataset:
+    """The data set a :class:`~seesr.training.config.TrainDataConfig` describes (``hq_mode``: ``"seesr"`` crops for
+    stage 2, ``"dape"`` resizes for stage 1, as the official loaders)."""
     if data_cfg.paired_roots:
         return PairedTrainingData(data_cfg.paired_roots, with_tags=data_cfg.tags == "precomputed")
-    return HQTrainingData(data_cfg.hq_roots, resolution=data_cfg.resolution, seed=seed)
+    return HQTrainingData(
+        data_cfg.hq_roots,
+        resolution=data_cfg.resolution,
+        seed=seed,
+        mode=hq_mode,
+        min_pixels=data_cfg.hq_min_pixels,
+        min_bytes=data_cfg.hq_min_bytes,
+    )
 
 
 def degrade_online(
