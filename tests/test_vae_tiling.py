@@ -173,10 +173,10 @@ def test_op_list_reproduces_module_forward_with_one_tile():
 def test_batch_items_are_independent_and_offload_is_transparent(vae):
     """GroupNorm statistics are per image: a batch of two equals the two single-image runs."""
     g = torch.Generator().manual_seed(2)
-    z = torch.randn(2, 4, 20, 36, generator=g)
+    z = torch.randn(2, 4, 12, 34, generator=g)
     both = tiled_decode(vae.decoder, z, 8)
     singles = torch.cat([tiled_decode(vae.decoder, z[i : i + 1], 8) for i in range(2)])
-    assert both.shape == (2, 3, 160, 288)
+    assert both.shape == (2, 3, 96, 272)
     assert (both - singles).abs().max().item() <= 1e-5
     offloaded = tiled_decode(vae.decoder, z, 8, offload_device="cpu", out_dtype=torch.float64)
     assert offloaded.dtype == torch.float64
@@ -188,3 +188,36 @@ def test_bad_input_rank_raises(vae):
         tiled_encode(vae.encoder, torch.zeros(3, 64, 64), 128)
     with pytest.raises(ValueError, match="tile_size"):
         split_tiles(0, 10, 8, 11, is_decoder=True)
+
+
+@pytest.mark.parametrize("is_decoder", [True, False])
+def test_output_boxes_partition_the_output(is_decoder):
+    """For many sizes/tiles the output boxes cover every output pixel exactly once and sit inside the input."""
+    pad = 11 if is_decoder else 32
+    unit = 1 if is_decoder else 8
+    for h in range(unit * 10, unit * 70, unit * 7):
+        for w in range(unit * 12, unit * 90, unit * 11):
+            for tile in (6, 8, 13, 24) if is_decoder else (64, 72, 100, 128):
+                tiles = split_tiles(h, w, tile, pad, is_decoder=is_decoder)
+                oh, ow = (h * 8, w * 8) if is_decoder else (h // 8, w // 8)
+                count = torch.zeros(oh, ow, dtype=torch.int32)
+                for t in tiles:
+                    count[t.output_box.y0 : t.output_box.y1, t.output_box.x0 : t.output_box.x1] += 1
+                    assert (
+                        0 <= t.input_box.y0 < t.input_box.y1 <= h
+                        and 0 <= t.input_box.x0 < t.input_box.x1 <= w
+                    )
+                assert bool((count == 1).all()), (h, w, tile)
+
+
+def test_awkward_decoder_size_writes_every_pixel(vae):
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(1, 4, 12, 31, generator=g)
+    # 31 - 2*11 = 9 core px in 3 tiles of 3 (no multiple of 2 fits <= 3): cores 11:14, 14:17, 17:20, and the
+    # last output box is extended to the border because 20 >= 31 - 11
+    tiles = split_tiles(12, 31, 3, 11, is_decoder=True)
+    assert [(t.input_box.x0, t.input_box.x1) for t in tiles] == [(0, 25), (3, 28), (6, 31)]
+    assert [(t.output_box.x0, t.output_box.x1) for t in tiles] == [(0, 112), (112, 136), (136, 248)]
+    out = tiled_decode(vae.decoder, z, 3)
+    assert out.shape == (1, 3, 96, 248)
+    assert int((out.abs().sum(dim=1) == 0).sum()) == 0
