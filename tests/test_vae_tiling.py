@@ -221,3 +221,16 @@ def test_awkward_decoder_size_writes_every_pixel(vae):
     out = tiled_decode(vae.decoder, z, 3)
     assert out.shape == (1, 3, 96, 248)
     assert int((out.abs().sum(dim=1) == 0).sum()) == 0
+
+
+def test_bfloat16_runs_with_float32_statistics():
+    """Half-precision tiles keep their dtype; GroupNorm statistics are taken in float32 (no overflow)."""
+    vae = _small_vae()
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(1, 4, 9, 21, generator=g)
+    ref = tiled_decode(vae.decoder, z, 4, pad=1)
+    vae.to(torch.bfloat16)
+    out = tiled_decode(vae.decoder, z.bfloat16(), 4, pad=1)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+    assert tiled_decode(vae.decoder, z.bfloat16(), 4, pad=1, out_dtype=torch.float32).dtype == torch.float32
