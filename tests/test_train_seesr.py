@@ -323,10 +323,13 @@ def test_fresh_start_from_sd2_with_online_degradation_tags_and_v_loss(fixtures_d
     state = fresh.state_dict()
     assert all(torch.equal(state[k], v) for k, v in stock.items())
     assert len(state) - len(stock) == 286  # the fresh RCA tensors
-    cfg = tiny_seesr_config(fixtures_dir, tmp_path / "out", max_train_steps=1)
+    cfg = tiny_seesr_config(fixtures_dir, tmp_path / "out", max_train_steps=1, report_to="tensorboard")
     cfg.update(
         pretrained_model=str(base),
         init_from=None,
+        validation_steps=1,
+        validation_images=[str(fixtures_dir / "reference" / "lr" / "coffee_48x64.png")],
+        validation_inference_steps=1,
         data=dict(
             hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")],
             resolution=64,
@@ -340,6 +343,12 @@ def test_fresh_start_from_sd2_with_online_degradation_tags_and_v_loss(fixtures_d
     unet = SeeSRUNet.from_pretrained(tmp_path / "out", subfolder="unet")
     controlnet = SeeSRControlNet.from_pretrained(tmp_path / "out", subfolder="controlnet")
     assert unet.num_rca_modules == 11 and controlnet.num_rca_modules == 5
+    assert load_image(tmp_path / "out" / "validation" / "step-1" / "coffee_48x64.png").rgb.shape == (
+        192,
+        256,
+        3,
+    )
+    assert list((tmp_path / "out" / "logs").rglob("events.out.tfevents.*"))
 
 
 def test_v_prediction_base_trains_on_the_velocity(step_result, fixtures_dir):
