@@ -153,6 +153,12 @@ def test_make_configs_maps_every_knob_and_preset():
     tb, tt = make_configs(preset="turbo", steps=2, guidance=1.0, seed=1, scale=4, color_fix="adain",
                           tile_size=96, prompt="", negative_prompt="")  # fmt: skip
     assert tb.timestep_spacing == "trailing" and tt.latent_tile_overlap == 32 and tb.guidance_scale == 1.0
+    ho, _ = make_configs(preset="hard-only", steps=3, guidance=2.0, seed=1, scale=4, color_fix="adain",
+                         tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+    assert ho.prompt_mode == "hard_only" and ho.num_inference_steps == 3  # knobs win over the preset
+    nl, _ = make_configs(preset="no-lre", steps=3, guidance=2.0, seed=1, scale=4, color_fix="adain",
+                         tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+    assert nl.start_point == "noise"
     with pytest.raises(ValueError, match="preset must be one of"):
         make_configs(preset="fast", steps=1, guidance=1, seed=1, scale=4, color_fix="adain", tile_size=96,
                      prompt="", negative_prompt="")  # fmt: skip
@@ -394,7 +400,7 @@ def test_cli_binds_localhost_without_share_by_default(launches, tmp_path):
     (call,) = launches
     assert call["server_name"] == "127.0.0.1" and call["share"] is False and call["ssr_mode"] is False
     ctl = call["app"].seesr_controller
-    assert not ctl.ready and "No SeeSR weights were given" in ctl.load_error
+    assert not ctl.ready and "no weights: pass --weights DIR" in ctl.load_error
 
 
 def test_cli_share_and_port_only_when_asked(launches, tmp_path):
@@ -405,10 +411,28 @@ def test_cli_share_and_port_only_when_asked(launches, tmp_path):
 
 def test_cli_weight_problems_are_shown_in_the_page(launches, tmp_path):
     assert main(["ui", "--weights", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]) == 0
-    assert "Weights folder not found" in launches[-1]["app"].seesr_controller.load_error
-    assert main(["ui", "--sd2", "x", "--seesr", "y", "--output-dir", str(tmp_path)]) == 0
+    assert "missing: folder not found" in launches[-1]["app"].seesr_controller.load_error
+    assert main(["ui", "--sd2", "x", "--output-dir", str(tmp_path)]) == 0
+    assert "official weights incomplete: also pass --seesr" in launches[-1]["app"].seesr_controller.load_error
+    assert main(["ui", "--sd2", str(tmp_path / "no-sd2"), "--seesr", str(tmp_path / "no-seesr")]) == 0
     msg = launches[-1]["app"].seesr_controller.load_error
-    assert "missing --ram --dape --tag-list --thresholds" in msg
+    assert msg.startswith("Could not load the SeeSR weights") and "no-sd2" in msg
+    # Conflicting flags are a command-line mistake: one line and exit 1, no page.
+    n = len(launches)
+    assert main(["ui", "--weights", str(tmp_path), "--sd2", "x"]) == 1 and len(launches) == n
+
+
+def test_cli_turbo_opens_on_the_turbo_preset(launches, tmp_path, monkeypatch):
+    import seesr.cli.ui as cli_ui
+
+    loaded: list[dict] = []
+    monkeypatch.setattr(cli_ui, "load_pipeline", lambda args: loaded.append(vars(args)) or StubPipeline())
+    assert main(["ui", "--weights", str(tmp_path), "--turbo", "--output-dir", str(tmp_path)]) == 0
+    assert loaded[0]["turbo"] is True and launches[-1]["app"].seesr_controller.ready
+    config = launches[-1]["app"].get_config_file()
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert props["seesr-preset"]["value"] == "turbo"
+    assert props["seesr-steps"]["value"] == 2 and props["seesr-guidance"]["value"] == 1.0
 
 
 def test_cli_examples_folder(launches, tmp_path, fixtures_dir):
@@ -444,7 +468,7 @@ def test_cli_serves_the_page_in_a_subprocess(tmp_path):
         texts = " ".join(
             str(c["props"].get("value")) for c in config["components"] if c.get("type") == "markdown"
         )
-        assert "No SeeSR weights were given" in texts
+        assert "no weights: pass --weights DIR" in texts
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)

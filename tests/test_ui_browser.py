@@ -224,19 +224,19 @@ def test_example_preset_progress_bar_and_cancel(browser, fixtures_dir, tmp_path)
         )
         page.locator("#seesr-preset input[value=default]").check()
         page.wait_for_function(
-            "() => document.querySelector('#seesr-steps input[type=number]').value === '50'"
+            "() => document.querySelector('#seesr-steps input[type=number]').value === '40'"
         )
-        assert steps.input_value() == "50"
+        assert steps.input_value() == "40"  # back to the page default (sampling_defaults), not 50
         page.click("#seesr-run")
-        # Gradio's progress overlay on the outputs shows the pipeline's step counter, e.g. "denoising 3/50".
-        page.locator("#seesr-result", has_text="/50").wait_for()
+        # Gradio's progress overlay on the outputs shows the pipeline's step counter, e.g. "denoising 3/40".
+        page.locator("#seesr-result", has_text="/40").wait_for()
         page.click("#seesr-cancel")
         s.wait_status("Cancel")
         deadline = time.perf_counter() + 10
         while stub.active and time.perf_counter() < deadline:
             time.sleep(0.1)
-        assert stub.calls[-1]["sampling"].num_inference_steps == 50  # the knob reached the pipeline
-        assert stub.active == 0 and 0 < stub.steps_done < 50  # the pipeline itself stopped, not only the page
+        assert stub.calls[-1]["sampling"].num_inference_steps == 40  # the knob reached the pipeline
+        assert stub.active == 0 and 0 < stub.steps_done < 40  # the pipeline itself stopped, not only the page
         assert page.locator("#seesr-result img").count() == 0
         assert not list((tmp_path / "out").rglob("*.png"))
         assert s.external == [] and s.errors == []

@@ -10,8 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-
-OFFICIAL_PARTS = ("sd2", "seesr", "ram", "dape", "tag_list", "thresholds")
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -20,10 +19,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         help="local web app: upload, edit tags, compare before/after, download",
         description="Start the SeeSR web UI (Gradio; needs the `ui` extra: pip install 'seesr[ui]').",
     )
-    w = p.add_argument_group("weights (either --weights, SEESR_WEIGHTS, or all official parts)")
-    w.add_argument(
-        "--weights", type=Path, default=None, help="folder from `seesr download` / save_pretrained"
-    )
+    w = p.add_argument_group("weights (as `seesr upscale`: --weights, the official parts, or SEESR_WEIGHTS)")
+    w.add_argument("--weights", default=None, help="folder from `seesr download` / save_pretrained")
     w.add_argument("--sd2", help="SD-2-base diffusers folder or hub id")
     w.add_argument("--seesr", help="SeeSR folder with unet/ and controlnet/")
     w.add_argument("--ram", help="RAM Swin-L checkpoint (ram_swin_large_14m.pth)")
@@ -32,6 +29,14 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     w.add_argument("--thresholds", help="ram_tag_list_threshold.txt")
     w.add_argument(
         "--dape-arch", dest="dape_arch", default=None, help="DAPE architecture JSON (tiny test models)"
+    )
+    w.add_argument(
+        "--turbo-unet", dest="turbo_unet", help="sd-turbo folder (official parts) for the turbo preset"
+    )
+    w.add_argument(
+        "--turbo",
+        action="store_true",
+        help="load the --weights folder's sd-turbo UNet and open on the turbo preset",
     )
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument(
@@ -59,52 +64,18 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_weights(args: argparse.Namespace) -> tuple[dict[str, str] | None, str | None]:
-    """Which weights to load: (kwargs for the factory, None) or (None, message for the page)."""
-    official = {k: getattr(args, k) for k in OFFICIAL_PARTS}
-    given = [k for k, v in official.items() if v]
-    if args.weights is not None and given:
-        raise ValueError(f"pass either --weights or the official parts, not both (got --weights and {given})")
-    if given:
-        missing = [f"--{k.replace('_', '-')}" for k, v in official.items() if not v]
-        if missing:
-            return None, f"Incomplete official weights: missing {' '.join(missing)}."
-        kw = {k: str(v) for k, v in official.items()}
-        if args.dape_arch:
-            kw["dape_arch"] = str(args.dape_arch)
-        return {"kind": "official", **kw}, None
-    weights = args.weights or (Path(os.environ["SEESR_WEIGHTS"]) if os.environ.get("SEESR_WEIGHTS") else None)
-    if weights is None:
-        return None, "No SeeSR weights were given."
-    if not Path(weights).is_dir():
-        return None, f"Weights folder not found: {weights}."
-    return {"kind": "pretrained", "path": str(weights)}, None
-
-
-def _device_dtype(device: str, dtype: str) -> tuple[str, object]:
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    if dtype == "auto":
-        dtype = "fp32" if device == "cpu" else "fp16"
-    return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-
-
-def load_pipeline(spec: dict[str, str], device: str, dtype: object) -> object:
-    """Load the SeeSRPipeline named by :func:`resolve_weights` (the CLI's own loaders; no second path)."""
+def load_pipeline(args: argparse.Namespace) -> Any:
+    """Load the SeeSRPipeline exactly as `seesr upscale` resolves weights, device and dtype (one path)."""
+    from seesr.cli.upscale import _device_dtype, _weights_source
     from seesr.pipeline.pipeline import SeeSRPipeline
 
-    kw = dict(spec)
-    kind = kw.pop("kind")
+    kind, where = _weights_source(args)
+    device, dtype = _device_dtype(args.device, args.dtype)
+    print(f"seesr ui: loading weights on {device} ({str(dtype).removeprefix('torch.')})…", file=sys.stderr)
     if kind == "pretrained":
-        return SeeSRPipeline.from_pretrained(kw["path"], device=device, dtype=dtype)
-    return SeeSRPipeline.from_official(**kw, device=device, dtype=dtype)
+        extra = {"turbo": True} if args.turbo else {}
+        return SeeSRPipeline.from_pretrained(where["path"], device=device, dtype=dtype, **extra)
+    return SeeSRPipeline.from_official(**where, device=device, dtype=dtype)
 
 
 def _example_files(paths: list[Path]) -> list[Path]:
@@ -126,20 +97,20 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError as err:
         raise ImportError("seesr ui needs gradio: pip install 'seesr[ui]'") from err
+    from seesr.cli.upscale import _weights_source
+    from seesr.errors import WeightsError
     from seesr.ui.app import WEIGHTS_HELP, build_app
 
-    spec, problem = resolve_weights(args)
     pipeline = None
     load_error = None
-    if spec is None:
-        load_error = f"{problem} {WEIGHTS_HELP}"
-    else:
-        device, dtype = _device_dtype(args.device, args.dtype)
-        print(
-            f"seesr ui: loading weights on {device} ({str(dtype).removeprefix('torch.')})…", file=sys.stderr
-        )
+    # Conflicting flags stay a one-line CLI error (ValueError); missing weights are explained in the page.
+    try:
+        _weights_source(args)
+    except WeightsError as err:
+        load_error = f"Cannot load SeeSR: {err}."
+    if load_error is None:
         try:
-            pipeline = load_pipeline(spec, device, dtype)
+            pipeline = load_pipeline(args)
         except (FileNotFoundError, ValueError, OSError) as err:
             # Keep serving: the page explains what is wrong instead of a dead port.
             load_error = f"Could not load the SeeSR weights: {err}. {WEIGHTS_HELP}"
@@ -152,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         max_input_pixels=args.max_pixels,
         max_output_pixels=args.max_output_pixels,
+        default_preset="turbo" if args.turbo or args.turbo_unet else "default",
     )
     if args.share:
         print(

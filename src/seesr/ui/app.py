@@ -19,6 +19,7 @@ from seesr.ui.controller import (
     InputImage,
     UIController,
     make_configs,
+    preset_knobs,
     to_uint8,
 )
 
@@ -53,6 +54,7 @@ def build_app(
     max_input_pixels: int | None = None,
     max_output_pixels: int | None = None,
     sampling_defaults: SamplingConfig | None = None,
+    default_preset: str = "default",
     title: str = "SeeSR — semantics-aware real-world super-resolution",
 ) -> "gr.Blocks":
     """Build the page (not launched). Launch it with ``app.launch(server_name="127.0.0.1")``.
@@ -66,6 +68,7 @@ def build_app(
         max_input_pixels: pixel cap of an upload, checked before decoding (default: seesr.io's).
         max_output_pixels: pixel cap of a result, checked before any model work (default: seesr.io's).
         sampling_defaults: initial knob values and every setting without a knob (e.g. ``process_size``).
+        default_preset: the preset selected when the page opens (one of ``seesr upscale --preset``'s).
 
     Returns:
         A ``gradio.Blocks`` with its queue configured for one job at a time. The controller is attached as
@@ -81,7 +84,10 @@ def build_app(
         max_input_pixels=max_input_pixels,
         max_output_pixels=max_output_pixels,
     )
+    if default_preset not in PRESETS:
+        raise ValueError(f"default_preset must be one of {', '.join(PRESETS)}; got {default_preset!r}")
     defaults = sampling_defaults or SamplingConfig()
+    steps0, guidance0 = preset_knobs(default_preset, defaults)
     tiling_defaults = TilingConfig()
 
     def on_file(file: Any, request: gr.Request) -> tuple[Any, ...]:
@@ -125,8 +131,8 @@ def build_app(
         return gr.update(choices=image.auto_tags, value=list(image.auto_tags))
 
     def on_preset(preset: str) -> tuple[Any, Any]:
-        p = PRESETS.get(preset, PRESETS["default"])
-        return gr.update(value=p["steps"]), gr.update(value=p["guidance"])
+        steps_v, guidance_v = preset_knobs(preset, defaults)
+        return gr.update(value=steps_v), gr.update(value=guidance_v)
 
     def on_run(
         image: InputImage | None,
@@ -219,16 +225,17 @@ def build_app(
                 with gr.Accordion("Settings", open=True):
                     preset = gr.Radio(
                         list(PRESETS),
-                        value="default",
-                        label="Preset",
-                        info="faithful: every official quirk; turbo: 2 steps, no CFG (needs turbo weights)",
+                        value=default_preset,
+                        label="Preset (as `seesr upscale --preset`)",
+                        info="faithful: every official quirk · turbo: 2 steps, no CFG (start with --turbo for "
+                        "the sd-turbo UNet) · no-lre / hard-only / soft-only / no-dape: the paper's ablations",
                         elem_id="seesr-preset",
                     )
                     with gr.Row():
                         steps = gr.Slider(
                             1,
                             100,
-                            value=defaults.num_inference_steps,
+                            value=steps0,
                             step=1,
                             label="Steps",
                             elem_id="seesr-steps",
@@ -236,7 +243,7 @@ def build_app(
                         guidance = gr.Slider(
                             1.0,
                             10.0,
-                            value=defaults.guidance_scale,
+                            value=guidance0,
                             step=0.1,
                             label="Guidance (CFG)",
                             elem_id="seesr-guidance",

@@ -25,18 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from seesr.cli.upscale import PRESETS as CLI_PRESETS
 from seesr.config import SamplingConfig, TilingConfig, config_to_dict
 
 logger = logging.getLogger(__name__)
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The official trajectory with our reliability fixes (DESIGN.md §8).
-    "default": {"steps": 50, "guidance": 5.5, "faithful": False, "overlap": 32, "spacing": None},
-    # Every official quirk (spec §9 items 1, 2, 8, 9, 12), official tile overlap 4.
-    "faithful": {"steps": 50, "guidance": 5.5, "faithful": True, "overlap": 4, "spacing": None},
-    # spec §7.3: 2 steps, trailing spacing, no CFG, overlap 32 (needs a pipeline loaded with the turbo UNet).
-    "turbo": {"steps": 2, "guidance": 1.0, "faithful": False, "overlap": 32, "spacing": "trailing"},
-}
+#: The CLI's preset table (preset -> (SamplingConfig overrides, TilingConfig overrides)): one set of presets for
+#: `seesr upscale --preset` and the page.
+PRESETS = CLI_PRESETS
 
 WEIGHTS_HELP = (
     "Start the UI with `seesr ui --weights DIR` (a folder written by `seesr download` or "
@@ -117,11 +113,12 @@ def make_configs(
 ) -> tuple[SamplingConfig, TilingConfig]:
     """Turn the page's knobs into the run configs; invalid values raise ``ValueError`` naming them.
 
-    ``base`` supplies every field the page has no knob for (process size, added prompt, scheduler, ...).
+    Order of precedence as in the CLI: ``base`` (every field without a knob: process size, added prompt,
+    scheduler, ...) < the preset's overrides < the knobs.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-    p = PRESETS[preset]
+    sampling_over, tiling_over = PRESETS[preset]
     try:
         steps_i, seed_i, tile_i = int(steps), int(seed), int(tile_size)
     except (TypeError, ValueError) as err:
@@ -130,23 +127,32 @@ def make_configs(
         ) from err
     if seed_i < 0 or seed_i > 2**63 - 1:
         raise ValueError(f"seed must be in [0, 2^63-1]; got {seed_i}")
-    kwargs: dict[str, Any] = {
+    knobs: dict[str, Any] = {
         "num_inference_steps": steps_i,
         "guidance_scale": float(guidance),
         "upscale": float(scale),
         "color_fix": color_fix,
         "prompt": prompt or "",
         "negative_prompt": negative_prompt or "",
-        "faithful": bool(p["faithful"]),
         "seed": seed_i,
     }
-    if p["spacing"] is not None:
-        kwargs["timestep_spacing"] = p["spacing"]
-    sampling = dataclasses.replace(base or SamplingConfig(), **kwargs)
-    # DESIGN.md §8: keep the overlap >= 25 % of the tile unless the preset asks for the official 4.
-    overlap = p["overlap"] if p["faithful"] else min(int(p["overlap"]), max(tile_i // 3, 1))
+    sampling = dataclasses.replace(base or SamplingConfig(), **{**sampling_over, **knobs})
+    if "latent_tile_overlap" in tiling_over:
+        overlap = int(tiling_over["latent_tile_overlap"])  # e.g. faithful: the official 4
+    else:
+        # DESIGN.md §8: the default overlap, kept at >= 25 % (here 1/3) of a smaller tile.
+        overlap = min(TilingConfig().latent_tile_overlap, max(tile_i // 3, 1))
     tiling = TilingConfig(latent_tile_size=tile_i, latent_tile_overlap=min(overlap, tile_i - 1))
     return sampling, tiling
+
+
+def preset_knobs(preset: str, defaults: SamplingConfig) -> tuple[int, float]:
+    """(steps, guidance) the page shows after choosing ``preset``: its overrides, else ``defaults``."""
+    over = PRESETS.get(preset, ({}, {}))[0]
+    return (
+        int(over.get("num_inference_steps", defaults.num_inference_steps)),
+        float(over.get("guidance_scale", defaults.guidance_scale)),
+    )
 
 
 def _resize_u8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
