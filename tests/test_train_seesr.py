@@ -443,3 +443,26 @@ def test_config_rejects_unknown_keys_and_bad_data(tmp_path):
         TrainSeeSRConfig, write_yaml(tmp_path / "p.yaml", {"run": {"max_train_steps": 7}})
     )
     assert partial.run.max_train_steps == 7 and partial.run.learning_rate == 5e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(step_result, fixtures_dir):
+    """Recomputing activations in backward (RCA hooks included) must not change the step's gradients."""
+    ref_grads = {n: p.grad.clone() for n, p in step_result["trainable"]}
+    unet = SeeSRUNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="unet")
+    controlnet = SeeSRControlNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="controlnet")
+    trainable = configure_trainable(unet, controlnet)
+    unet.enable_gradient_checkpointing()
+    controlnet.enable_gradient_checkpointing()
+    assert unet.is_gradient_checkpointing and controlnet.is_gradient_checkpointing
+    unet.train()
+    controlnet.train()
+    models = dict(step_result["models"], unet=unet, controlnet=controlnet)
+    out = seesr_training_step(
+        **models, noise_scheduler=load_frozen_sd2(fixtures_dir / "sd2-tiny")[3], gt=step_result["gt"],
+        cond=step_result["cond"], prompts=step_result["prompts"], draws=step_result["draws"],
+    )  # fmt: skip
+    out.loss.backward()
+    assert abs(out.loss.item() - step_result["out"].loss.item()) <= 1e-6
+    for name, p in trainable:
+        g_ref = ref_grads[name]
+        assert (p.grad - g_ref).abs().max() <= 1e-5 * max(1e-6, g_ref.abs().max()), name
