@@ -210,7 +210,13 @@ class SeeSRPipeline(DiffusionPipeline):
         """
         vae = self.vae
         x = (lr_up * 2 - 1).to(vae.device, vae.dtype)
-        h = vae_tiling.tiled_encode(vae.encoder, x, tiling_cfg.vae_encoder_tile_size, out_dtype=vae.dtype)
+        h = vae_tiling.tiled_encode(
+            vae.encoder,
+            x,
+            tiling_cfg.vae_encoder_tile_size,
+            out_dtype=vae.dtype,
+            offload_device=_offload(vae),
+        )
         if vae.quant_conv is not None:
             h = vae.quant_conv(h)
         posterior = DiagonalGaussianDistribution(h)
@@ -289,7 +295,9 @@ class SeeSRPipeline(DiffusionPipeline):
         if latent_tiling.needs_tiling(h, w, tile, faithful=sampling.faithful):
             boxes = latent_tiling.tile_boxes(h, w, tile, overlap, faithful=sampling.faithful)
             # official float64 weight maps; MPS has no float64
-            weight_dtype = torch.float64 if sampling.faithful and latents.device.type != "mps" else torch.float32
+            weight_dtype = (
+                torch.float64 if sampling.faithful and latents.device.type != "mps" else torch.float32
+            )
             out = latent_tiling.tiled_apply(
                 model,
                 (rows, latents.shape[1], h, w),
@@ -442,7 +450,13 @@ class SeeSRPipeline(DiffusionPipeline):
         z = (latents / vae.config.scaling_factor).to(vae.dtype)
         if vae.post_quant_conv is not None:
             z = vae.post_quant_conv(z)
-        return vae_tiling.tiled_decode(vae.decoder, z, tiling_cfg.vae_decoder_tile_size, out_dtype=vae.dtype)
+        return vae_tiling.tiled_decode(
+            vae.decoder,
+            z,
+            tiling_cfg.vae_decoder_tile_size,
+            out_dtype=vae.dtype,
+            offload_device=_offload(vae),
+        )
 
 
 def postprocess(
@@ -474,6 +488,11 @@ def postprocess(
     if quantize and color_fix_method != "none":
         fixed = color_fix.to_uint8(fixed, rounding="truncate").float() / 255
     return sr, sizing.bicubic_resize(fixed, target_wh, quantize=quantize)
+
+
+def _offload(model: torch.nn.Module) -> str | None:
+    # Tiles wait on the CPU between GroupNorm barriers, so accelerator memory stays at about one tile.
+    return "cpu" if model.device.type != "cpu" else None
 
 
 def _default_noise(sampling: SamplingConfig) -> GeneratorNoise:
