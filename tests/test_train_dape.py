@@ -187,3 +187,20 @@ def test_killed_dape_run_resumes_bit_identical(dape_runs):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     mid = torch.load(dape_runs / "a" / "checkpoint-2" / "DAPE.pth", weights_only=True)
     assert any(not torch.equal(a[k], mid[k]) for k in a)
+
+
+def test_dape_trains_from_hq_images_with_online_degradation(fixtures_dir, tmp_path):
+    from seesr.cli import main
+    from tests.test_train_seesr import write_yaml
+
+    cfg = tiny_dape_config(fixtures_dir, tmp_path / "out", max_train_steps=1, train_batch_size=2)
+    cfg["data"] = dict(
+        hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")], resolution=64, tags="none"
+    )
+    with one_thread():
+        assert main(["train-dape", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0
+    trained = torch.load(tmp_path / "out" / "DAPE.pth", weights_only=True)
+    official = torch.load(fixtures_dir / "ram-tiny" / "DAPE_tiny.pth", weights_only=True)
+    assert list(trained) == list(official)
+    state = json.loads((tmp_path / "out" / "checkpoint-1" / "training_state.json").read_text())
+    assert state["step"] == 1 and state["config"]["data"]["hq_roots"]
