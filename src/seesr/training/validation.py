@@ -14,7 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def run_validation(cfg: Any, models: Any, folder: Path) -> dict[str, torch.Tensor]:
-    """Upscale ``cfg.validation_images`` with ``validation_inference_steps`` DDPM steps (seed 42 each) and save PNGs.
+    """Upscale ``cfg.validation_images`` with ``validation_inference_steps`` DDPM steps (seed 42 each, process size =
+    the training resolution) and save PNGs.
 
     Args:
         cfg: :class:`~seesr.training.config.TrainSeeSRConfig`.
@@ -44,7 +45,10 @@ def run_validation(cfg: Any, models: Any, folder: Path) -> dict[str, torch.Tenso
     models.unet.eval()
     models.controlnet.eval()
     folder.mkdir(parents=True, exist_ok=True)
-    sampling = SamplingConfig(num_inference_steps=cfg.validation_inference_steps, seed=42)
+    # process at the training resolution (= the official 512 for the paper's recipes)
+    sampling = SamplingConfig(
+        num_inference_steps=cfg.validation_inference_steps, process_size=cfg.data.resolution, seed=42
+    )
     images: dict[str, torch.Tensor] = {}
     for path in map(Path, cfg.validation_images):
         lr = read_rgb(path)[None]
