@@ -466,3 +466,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(step_result, fixtures_d
     for name, p in trainable:
         g_ref = ref_grads[name]
         assert (p.grad - g_ref).abs().max() <= 1e-5 * max(1e-6, g_ref.abs().max()), name
+
+
+def test_cli_errors_are_one_line(killed_and_resumed, tmp_path, capsys):
+    from seesr.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+    # a folder with checkpoints is not silently restarted
+    assert main(["train", "--config", str(killed_and_resumed / "a.yaml")]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train-dape", "--config", str(tmp_path / "missing.yaml")]) == 1
