@@ -154,8 +154,11 @@ def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_p
         assert "Done in" in s.status() and "128x96" in s.status()
         imgs = page.locator("#seesr-result img")
         assert imgs.count() >= 2  # before and after layers of the slider
-        widths = imgs.evaluate_all("els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
-        assert [True, 128, 96] in widths
+        # Both layers decode to the output size (the images load asynchronously after the status line).
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#seesr-result img')]"
+            ".filter(e => e.complete && e.naturalWidth === 128 && e.naturalHeight === 96).length >= 2"
+        )
         assert page.input_value("#seesr-used-prompt textarea").startswith(", ".join(dape_tags))
         links = page.locator("#seesr-files a[download]")
         hrefs = links.evaluate_all("els => els.map(e => e.href)")
