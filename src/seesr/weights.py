@@ -146,7 +146,9 @@ def _snapshot(
     repo_type: str = "model",
 ) -> Path:
     if download is None:
-        from huggingface_hub import snapshot_download as download
+        from huggingface_hub import snapshot_download
+
+        download = snapshot_download
     errors = []
     for repo in repos:
         try:

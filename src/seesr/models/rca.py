@@ -58,9 +58,9 @@ class RCAContext:
             self.embeds, self.bypass, self.active = saved
 
 
-def cross_attention_blocks(model: nn.Module) -> list[nn.Module]:
+def cross_attention_blocks(model: Any) -> list[Any]:
     """Blocks of a UNet/ControlNet that hold text cross-attention transformers (``.attentions``), in forward order."""
-    blocks: list[nn.Module] = list(model.down_blocks)
+    blocks: list[Any] = list(model.down_blocks)
     if getattr(model, "mid_block", None) is not None:
         blocks.append(model.mid_block)
     blocks.extend(getattr(model, "up_blocks", []))
@@ -76,7 +76,7 @@ def build_rca_like(text_attention: Transformer2DModel) -> Transformer2DModel:
     return Transformer2DModel(**kwargs)
 
 
-def attach_rca(model: nn.Module, context: RCAContext) -> int:
+def attach_rca(model: Any, context: RCAContext) -> int:
     """Give every cross-attention block of ``model`` its ``image_attentions`` and hook them after the text attention.
 
     Returns:
@@ -93,7 +93,9 @@ def attach_rca(model: nn.Module, context: RCAContext) -> int:
     return count
 
 
-def _apply_rca(image_attn: Transformer2DModel, context: RCAContext, _module: nn.Module, _inputs: Any, output: Any):
+def _apply_rca(
+    image_attn: Transformer2DModel, context: RCAContext, _module: nn.Module, _inputs: Any, output: Any
+):
     if not context.active:
         raise RuntimeError(
             "an RCA-equipped block was called outside its model's forward; call the UNet/ControlNet itself"

@@ -31,7 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from seesr.config import SamplingConfig, TilingConfig, config_to_dict
+from seesr.config import ColorFix, SamplingConfig, TilingConfig, config_to_dict
 from seesr.models.controlnet import SeeSRControlNet
 from seesr.models.dape import DAPE
 from seesr.models.unet import SeeSRUNet
@@ -256,7 +256,9 @@ class SeeSRPipeline(DiffusionPipeline):
         cond_in = torch.cat([cond] * rows).to(self.controlnet.device, self.controlnet.dtype)
         text = prompt_embeds.to(unet_dtype)
         bypass = image_embeds is None
-        embeds = None if bypass else torch.cat([image_embeds] * rows).to(self.unet.device, unet_dtype)
+        embeds = None
+        if image_embeds is not None:
+            embeds = torch.cat([image_embeds] * rows).to(self.unet.device, unet_dtype)
 
         def model(box: latent_tiling.TileBox | None) -> torch.Tensor:
             x, c = model_in, cond_in
@@ -462,7 +464,7 @@ class SeeSRPipeline(DiffusionPipeline):
 def postprocess(
     decoded: torch.Tensor,
     lr_up: torch.Tensor,
-    color_fix_method: str,
+    color_fix_method: ColorFix,
     target_wh: tuple[int, int],
     *,
     quantize: bool,
