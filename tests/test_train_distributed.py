@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
@@ -58,3 +59,33 @@ def test_two_processes_match_one_process_at_the_same_global_batch(fixtures_dir, 
     for k in w1:
         if ".image_attentions." not in k and k.startswith("unet."):
             assert torch.equal(w1[k], w2[k])
+
+
+@pytest.mark.slow
+def test_dape_two_processes_match_one_process(fixtures_dir, tmp_path):
+    """Stage 1 likewise (dropout off: its masks are drawn per process and micro-batch)."""
+    from seesr.cli import main
+    from tests.test_train_dape import tiny_dape_config
+
+    def cfg(name, batch):
+        c = tiny_dape_config(fixtures_dir, tmp_path / name, train_batch_size=batch, adam_epsilon=1e-3)
+        c.update(drop_path_rate=0.0, head_dropout=0.0)
+        return write_yaml(tmp_path / f"{name}.yaml", c)
+
+    one, two = cfg("one", 2), cfg("two", 1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT / "src"))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "seesr", "train-dape", "--config", str(two),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with one_thread():
+        assert main(["train-dape", "--config", str(one)]) == 0
+    state = json.loads((tmp_path / "two" / "checkpoint-2" / "training_state.json").read_text())
+    assert state["num_processes"] == 2
+    w1 = torch.load(tmp_path / "one" / "DAPE.pth", weights_only=True)
+    w2 = torch.load(tmp_path / "two" / "DAPE.pth", weights_only=True)
+    moved = max(float(w1[k].abs().max()) for k in w1 if k.endswith("lora_B") and "visual_encoder" in k)
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    assert moved > 1e-4 and diff <= 1e-6, (diff, moved)
