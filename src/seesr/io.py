@@ -645,11 +645,12 @@ def _umask() -> int:
     return _UMASK[0]
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through a temp file in the same folder, fsync it, then ``os.replace`` it into place.
 
     A failure or interrupt at any point leaves either the old file or the complete new one, never a partial
     file or a stray temp file. An existing symlink at ``path`` is replaced, not written through.
+    ``write`` receives the open binary temp file; its return value is ignored.
     """
     path = Path(path)
     folder = path.parent
@@ -942,7 +943,7 @@ def list_inputs(
             seen.add(key)
             unique.append(item)
     if not unique:
-        raise ValueError(f"no images found in {', '.join(map(os.fspath, paths)) or '(no inputs)'}")
+        raise ValueError(f"no images found in {', '.join(os.fspath(p) for p in paths) or '(no inputs)'}")
     return unique
 
 

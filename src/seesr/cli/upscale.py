@@ -20,9 +20,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -542,6 +542,12 @@ def _emit(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+def _utf8_writer(text: str) -> Callable[[BinaryIO], object]:
+    """A ``write`` callback for ``io.atomic_write`` that writes ``text`` as UTF-8 (bound now, not at call time)."""
+    data = text.encode("utf-8")
+    return lambda f: f.write(data)
+
+
 def _free_memory() -> None:
     import gc
 
@@ -650,10 +656,10 @@ def _process(
             "versions": _versions(),
         }
         text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
-        io.atomic_write(plan.sidecar, lambda f, t=text: f.write(t.encode("utf-8")))
+        io.atomic_write(plan.sidecar, _utf8_writer(text))
         if args.save_prompts:
             txt = plan.output.parent / "txt" / (plan.output.stem + ".txt")
             txt.parent.mkdir(parents=True, exist_ok=True)
-            io.atomic_write(txt, lambda f, t=result.prompt: f.write(t.encode("utf-8")))
+            io.atomic_write(txt, _utf8_writer(result.prompt))
         written += 1
     return written

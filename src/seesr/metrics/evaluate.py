@@ -121,7 +121,7 @@ def match_pairs(
                 + ", ".join(gt[k].name for k in no_sr[:5])
             )
         raise ValueError("; ".join(parts) + " (images are paired by file stem)")
-    pairs = []
+    pairs: list[tuple[str, Path, Path | None]] = []
     for k in sorted(sr):
         with Image.open(sr[k]) as a, Image.open(gt[k]) as b:
             if a.size != b.size:
@@ -235,10 +235,11 @@ def evaluate_dirs(
             if spec.name in result.failures:
                 continue
             try:
-                if spec.name == "psnr":
-                    value = float(fidelity.psnr_y(sr, gt, crop_border)[0])
-                elif spec.name == "ssim":
-                    value = float(fidelity.ssim_y(sr, gt, crop_border)[0])
+                if spec.name in ("psnr", "ssim"):
+                    # resolve_metrics only offers the full-reference metrics when a reference folder is given
+                    assert gt is not None
+                    full_ref = fidelity.psnr_y if spec.name == "psnr" else fidelity.ssim_y
+                    value = float(full_ref(sr, gt, crop_border)[0])
                 else:
                     model = models[spec.name]
                     value = learned.score_batch(

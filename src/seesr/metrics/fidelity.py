@@ -173,7 +173,7 @@ def ssim_y(sr: torch.Tensor, gt: torch.Tensor, crop_border: int = 0) -> torch.Te
         )
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-    filt = _valid_filter(gaussian_window().to(x.device), tuple(x.shape[-2:]))
+    filt = _valid_filter(gaussian_window().to(x.device), (x.shape[-2], x.shape[-1]))
 
     mu_x, mu_y = filt(x), filt(y)
     var_x = filt(x * x) - mu_x**2

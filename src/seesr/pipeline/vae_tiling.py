@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +150,11 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def _resnet_ops(block: nn.Module) -> list[_Op]:
+# The helpers below take the diffusers VAE blocks as ``Any``: their submodules are reached by attribute name,
+# which torch types as ``Tensor | Module`` (diffusers itself is untyped here), so no precise type exists.
+
+
+def _resnet_ops(block: Any) -> list[_Op]:
     if getattr(block, "upsample", None) is not None or getattr(block, "downsample", None) is not None:
         raise ValueError(f"tiled VAE: resampling ResNet blocks are not supported ({type(block).__name__})")
     if getattr(block, "time_embedding_norm", "default") not in ("default", "group"):
@@ -172,18 +176,19 @@ def _resnet_ops(block: nn.Module) -> list[_Op]:
     ]
 
 
-def _attention_ops(attn: nn.Module) -> list[_Op]:
+def _attention_ops(attn: Any) -> list[_Op]:
     if getattr(attn, "spatial_norm", None) is not None or attn.group_norm is None:
         raise ValueError("tiled VAE: the mid-block attention must use a plain GroupNorm (no spatial norm)")
     ops = [_Op("norm", module=_as_group_norm(attn.group_norm)), _Op("attn", module=attn)]
     if attn.residual_connection:
         ops = [_Op("store", fn=_identity), *ops, _Op("add", factor=float(attn.rescale_output_factor))]
     elif attn.rescale_output_factor != 1.0:
-        ops.append(_Op("apply", fn=lambda x, f=float(attn.rescale_output_factor): x / f))
+        factor = float(attn.rescale_output_factor)
+        ops.append(_Op("apply", fn=lambda x: x / factor))
     return ops
 
 
-def _mid_ops(mid: nn.Module) -> list[_Op]:
+def _mid_ops(mid: Any) -> list[_Op]:
     ops = _resnet_ops(mid.resnets[0])
     for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
         if attn is not None:
@@ -198,7 +203,7 @@ def _as_group_norm(module: nn.Module) -> nn.GroupNorm:
     return module
 
 
-def _tail_ops(net: nn.Module) -> list[_Op]:
+def _tail_ops(net: Any) -> list[_Op]:
     return [
         _Op("norm", module=_as_group_norm(net.conv_norm_out)),
         _Op("apply", fn=net.conv_act),
@@ -208,29 +213,31 @@ def _tail_ops(net: nn.Module) -> list[_Op]:
 
 def encoder_ops(encoder: nn.Module) -> list[_Op]:
     """Flatten a diffusers ``Encoder`` forward: conv_in, down blocks, mid block, norm_out, act, conv_out."""
-    ops = [_Op("apply", fn=encoder.conv_in)]
-    for block in encoder.down_blocks:
+    enc: Any = encoder  # see the note above _resnet_ops
+    ops = [_Op("apply", fn=enc.conv_in)]
+    for block in enc.down_blocks:
         for resnet in block.resnets:
             ops += _resnet_ops(resnet)
         for down in block.downsamplers or []:
             ops.append(_Op("apply", fn=down))
-    ops += _mid_ops(encoder.mid_block)
-    return ops + _tail_ops(encoder)
+    ops += _mid_ops(enc.mid_block)
+    return ops + _tail_ops(enc)
 
 
 def decoder_ops(decoder: nn.Module) -> list[_Op]:
     """Flatten a diffusers ``Decoder`` forward: conv_in, mid block, up blocks, norm_out, act, conv_out."""
-    ops = [_Op("apply", fn=decoder.conv_in)]
-    ops += _mid_ops(decoder.mid_block)
+    dec: Any = decoder  # see the note above _resnet_ops
+    ops = [_Op("apply", fn=dec.conv_in)]
+    ops += _mid_ops(dec.mid_block)
     # Some diffusers versions run the up blocks in their own dtype (``upscale_dtype``); follow the parameters.
-    up_dtype = next(iter(decoder.up_blocks.parameters())).dtype
-    ops.append(_Op("apply", fn=lambda x, d=up_dtype: x.to(d)))
-    for block in decoder.up_blocks:
+    up_dtype: torch.dtype = next(iter(dec.up_blocks.parameters())).dtype
+    ops.append(_Op("apply", fn=lambda x: x.to(up_dtype)))
+    for block in dec.up_blocks:
         for resnet in block.resnets:
             ops += _resnet_ops(resnet)
         for up in block.upsamplers or []:
             ops.append(_Op("apply", fn=up))
-    return ops + _tail_ops(decoder)
+    return ops + _tail_ops(dec)
 
 
 def _sampling_factor(blocks: nn.ModuleList, attr: str) -> int:
@@ -238,7 +245,7 @@ def _sampling_factor(blocks: nn.ModuleList, attr: str) -> int:
     return 2 ** sum(len(getattr(block, attr, None) or []) for block in blocks)
 
 
-def _self_attention(attn: nn.Module, x: Tensor) -> Tensor:
+def _self_attention(attn: Any, x: Tensor) -> Tensor:
     """Single-tile self-attention of a diffusers ``Attention`` on an already group-normalised (B, C, H, W)."""
     b, c, h, w = x.shape
     tokens = x.reshape(b, c, h * w).transpose(1, 2)
@@ -315,15 +322,19 @@ def _run_tiled(
         stats: list[tuple[Tensor, Tensor, int]] = []
         for t in order:
             h = states[t].to(device)
-            res = residuals[t].to(device) if residuals[t] is not None else None
+            res = residuals[t]
+            res = res.to(device) if res is not None else None
             if shared is not None:
                 h = _apply_group_norm(h, *shared)
             for op in ops[start:end]:
                 if op.kind == "apply":
+                    assert op.fn is not None  # "apply"/"store" ops always carry fn (built above)
                     h = op.fn(h)
                 elif op.kind == "store":
+                    assert op.fn is not None
                     res = op.fn(h)
                 elif op.kind == "add":
+                    assert res is not None  # every "add" follows its "store" in the op list
                     h = h + res
                     if op.factor != 1.0:
                         h = h / op.factor
@@ -401,7 +412,7 @@ def tiled_encode(
     if not encoder_needs_tiling(h, w, tile_size, pad):
         out = encoder(x)
         return out if out_dtype is None else out.to(out_dtype)
-    scale = _sampling_factor(encoder.down_blocks, "downsamplers")
+    scale = _sampling_factor(cast(nn.ModuleList, encoder.down_blocks), "downsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=False, scale=scale)
     logger.debug(
         "tiled VAE encoder: %dx%d image in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
@@ -450,7 +461,7 @@ def tiled_decode(
     if not decoder_needs_tiling(h, w, tile_size, pad):
         out = decoder(z)
         return out if out_dtype is None else out.to(out_dtype)
-    scale = _sampling_factor(decoder.up_blocks, "upsamplers")
+    scale = _sampling_factor(cast(nn.ModuleList, decoder.up_blocks), "upsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=True, scale=scale)
     logger.debug(
         "tiled VAE decoder: %dx%d latent in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
