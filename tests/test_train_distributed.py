@@ -89,3 +89,36 @@ def test_dape_two_processes_match_one_process(fixtures_dir, tmp_path):
     moved = max(float(w1[k].abs().max()) for k in w1 if k.endswith("lora_B") and "visual_encoder" in k)
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert moved > 1e-4 and diff <= 1e-6, (diff, moved)
+
+
+def test_step_sampler_splits_global_batches_independently_of_world_size():
+    from seesr.training.data import StepBatchSampler
+
+    def batches(world, batch, accum=1, start=0, shuffle=True):
+        per_rank = [
+            list(
+                StepBatchSampler(
+                    10, batch_size=batch, accumulation=accum, rank=r, world_size=world, seed=3, shuffle=shuffle,
+                    start_step=start, max_steps=6,
+                )
+            )
+            for r in range(world)
+        ]  # fmt: skip
+        # per optimiser step: the sorted (index, position) pairs of all ranks and micro-steps
+        steps = []
+        for s in range(6 - start):
+            items = [it for r in range(world) for b in per_rank[r][s * accum : (s + 1) * accum] for it in b]
+            steps.append(sorted(items, key=lambda it: it[1]))
+        return steps
+
+    one = batches(1, 4)
+    assert one == batches(2, 2) == batches(4, 1) == batches(2, 1, accum=2)
+    assert one[2:] == batches(2, 2, start=2)  # resume = start at the step
+    positions = [p for step in one for _, p in step]
+    assert positions == list(range(24))
+    epoch0 = [i for step in one for i, p in step if p < 10]
+    epoch1 = [i for step in one for i, p in step if 10 <= p < 20]
+    assert (
+        sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
+    )  # a fresh permutation per epoch
+    assert [i for step in batches(1, 4, shuffle=False) for i, _ in step][:12] == [*range(10), 0, 1]

@@ -168,16 +168,20 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def build_dataset(data_cfg: Any, *, seed: int, hq_mode: str = "seesr") -> Dataset:
-    """The data set a :class:`~seesr.training.config.TrainDataConfig` describes (``hq_mode``: ``"seesr"`` crops for
-    stage 2, ``"dape"`` resizes for stage 1, as the official loaders)."""
+def build_dataset(data_cfg: Any, *, seed: int, stage: str = "seesr") -> Dataset:
+    """The data set a :class:`~seesr.training.config.TrainDataConfig` describes for ``stage`` ``"seesr"`` (HQ: random
+    crops; tags read when precomputed) or ``"dape"`` (HQ: resize to ``resolution``²; tags never read), as the
+    official loaders."""
+    if stage not in ("seesr", "dape"):
+        raise ValueError(f"stage must be 'seesr' or 'dape', got {stage!r}")
     if data_cfg.paired_roots:
-        return PairedTrainingData(data_cfg.paired_roots, with_tags=data_cfg.tags == "precomputed")
+        with_tags = stage == "seesr" and data_cfg.tags == "precomputed"
+        return PairedTrainingData(data_cfg.paired_roots, with_tags=with_tags)
     return HQTrainingData(
         data_cfg.hq_roots,
         resolution=data_cfg.resolution,
         seed=seed,
-        mode=hq_mode,
+        mode=stage,
         min_pixels=data_cfg.hq_min_pixels,
         min_bytes=data_cfg.hq_min_bytes,
     )

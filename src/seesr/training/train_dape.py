@@ -158,7 +158,7 @@ def train_dape(
 
         accelerator.init_trackers("dape", config=_flat_hparams(resolved))
 
-    dataset = build_dataset(cfg.data, seed=run.seed, hq_mode="dape")
+    dataset = build_dataset(cfg.data, seed=run.seed, stage="dape")
     sampler = StepBatchSampler(
         len(dataset),
         batch_size=run.train_batch_size,
