@@ -35,6 +35,7 @@ from seesr.ui.controller import (  # noqa: E402
     UIController,
     make_configs,
     parse_tags,
+    preview_u8,
 )
 from tests.tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
@@ -126,6 +127,14 @@ def _run_args(state, tags, **over):
 # -- pure helpers ------------------------------------------------------------------------------------------------
 
 
+def test_preview_is_a_bounded_thumbnail():
+    big = np.random.default_rng(0).random((300, 2000, 3), dtype=np.float32)
+    thumb = preview_u8(big, max_side=1024)
+    assert thumb.shape == (154, 1024, 3) and thumb.dtype == np.uint8
+    small = preview_u8(big[:10, :20])
+    np.testing.assert_array_equal(small, np.clip(np.rint(big[:10, :20] * 255), 0, 255).astype(np.uint8))
+
+
 def test_parse_tags_normalises_edits():
     assert parse_tags(" cup, coffee ,, cup ,  latte   art ") == ["cup", "coffee", "latte art"]
     assert parse_tags(["cup", "saucer, spoon", " "]) == ["cup", "saucer", "spoon"]
@@ -195,7 +204,7 @@ def test_run_writes_png_and_sidecar_with_progress(tmp_path, coffee):
         assert im.size == (256, 192)
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), out.after)
     side = json.loads(out.sidecar_path.read_text())
-    assert side["seed"] == 5 and side["tags"] == ["cup", "coffee", "table"] and side["tags_edited"] is False
+    assert side["seed"] == 5 and side["tags"] == ["cup", "coffee", "table"] and side["tags_override"] is False
     assert side["sampling"]["num_inference_steps"] == 3 and side["output_size"] == [256, 192]
     assert side["settings"] == {"steps": 3, "stub": True} and side["input"] == "coffee_48x64.png"
 
@@ -209,10 +218,34 @@ def test_edited_tags_reach_the_pipeline(tmp_path, coffee):
                   tiling=TilingConfig())  # fmt: skip
     assert stub.calls[-1]["tags"] == ["cup", "espresso"]
     side = json.loads(out.sidecar_path.read_text())
-    assert side["tags"] == ["cup", "espresso"] and side["tags_edited"] is True
+    assert side["tags"] == ["cup", "espresso"] and side["tags_override"] is True
     assert side["dape_tags"] == ["cup", "coffee", "table"]
     ctl.run(image, tags=[], sampling=SamplingConfig(num_inference_steps=1), tiling=TilingConfig())
     assert stub.calls[-1]["tags"] == []  # all tags removed: an empty tag list, not DAPE's
+
+
+def test_ui_sidecar_reruns_with_seesr_upscale_from_json(tmp_path, coffee, monkeypatch):
+    """The page's sidecar is the CLI's: `seesr upscale --from-json` repeats the same pipeline call."""
+    import seesr.cli.upscale as upscale
+
+    ui_stub, cli_stub = StubPipeline(), StubPipeline()
+    ctl = UIController(ui_stub, output_dir=tmp_path / "ui")
+    image = ctl.load(coffee)
+    ctl.extract_tags(image)
+    sampling, tiling = make_configs(preset="faithful", steps=4, guidance=3.5, seed=99, scale=2, color_fix="wavelet",
+                                    tile_size=64, prompt="a cup", negative_prompt="blur")  # fmt: skip
+    out = ctl.run(image, tags=["cup", "espresso"], sampling=sampling, tiling=tiling, preset="faithful")
+    monkeypatch.setattr(upscale, "_load_pipeline", lambda args, run: cli_stub)
+    argv = ["upscale", str(coffee), "-o", str(tmp_path / "cli"), "--from-json", str(out.sidecar_path)]
+    assert main(argv) == 0
+    (ui_call,), (cli_call,) = ui_stub.calls, cli_stub.calls
+    assert cli_call["sampling"] == ui_call["sampling"] and cli_call["tiling"] == ui_call["tiling"]
+    assert cli_call["tags"] == ui_call["tags"] == ["cup", "espresso"]
+    (cli_png,) = (tmp_path / "cli").glob("*.png")
+    from PIL import Image
+
+    with Image.open(cli_png) as a, Image.open(out.image_path) as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_pixel_cap_is_checked_before_decoding(tmp_path, coffee):
@@ -500,5 +533,5 @@ def test_tiny_pipeline_through_the_ui(tmp_path, fixtures_dir):
     assert after.shape == before.shape == (96, 128, 3) and after.std() > 0
     assert prompt.startswith(", ".join(edited))
     side = json.loads(Path(files[1]).read_text())
-    assert side["tags"] == edited and side["dape_tags"] == dape_tags and side["tags_edited"] is True
+    assert side["tags"] == edited and side["dape_tags"] == dape_tags and side["tags_override"] is True
     assert side["settings"]["sampling"]["seed"] == 7 and side["settings"]["sizes"]["target"] == [128, 96]

@@ -187,7 +187,7 @@ def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_p
         assert "espresso" in used and not used.startswith(removed + ",")
         hrefs = page.locator("#seesr-files a[download]").evaluate_all("els => els.map(e => e.href)")
         sidecar2 = json.loads(page.request.get(hrefs[1]).text())
-        assert sidecar2["tags"] == edited and sidecar2["tags_edited"] is True and sidecar2["seed"] == 123
+        assert sidecar2["tags"] == edited and sidecar2["tags_override"] is True and sidecar2["seed"] == 123
 
         # A broken (truncated) PNG: one clear line in the page, the previous result cleared, no image shown.
         data = (fixtures_dir / COFFEE).read_bytes()

@@ -20,7 +20,7 @@ from seesr.ui.controller import (
     UIController,
     make_configs,
     preset_knobs,
-    to_uint8,
+    preview_u8,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,7 +106,7 @@ def build_app(
             # Name the file as the user knows it, not by Gradio's temporary upload path.
             text = str(err).replace(path, os.path.basename(path))
             return (None, None, no_tags, _msg("error", f"Cannot use this file: {text}"), *cleared)
-        preview = to_uint8(image.rgb)
+        preview = preview_u8(image.rgb)
         w, h = image.size
         if not ctl.ready:
             return (image, preview, no_tags, _msg("error", ctl.load_error or WEIGHTS_HELP), *cleared)

@@ -12,6 +12,7 @@ even when Gradio has already dropped a cancelled event whose worker thread is st
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -153,6 +154,16 @@ def preset_knobs(preset: str, defaults: SamplingConfig) -> tuple[int, float]:
         int(over.get("num_inference_steps", defaults.num_inference_steps)),
         float(over.get("guidance_scale", defaults.guidance_scale)),
     )
+
+
+def preview_u8(rgb: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """(H,W,3) float [0,1] -> uint8 thumbnail whose long side is at most ``max_side`` (page preview only)."""
+    img = to_uint8(rgb)
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    s = max_side / max(h, w)
+    return _resize_u8(img, (max(1, round(w * s)), max(1, round(h * s))))
 
 
 def _resize_u8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -317,8 +328,9 @@ class UIController:
             with self._model_lock:
                 if event.is_set():
                     raise Cancelled()
-                result = self.pipeline()(
-                    tensor, sampling=sampling, tiling=tiling, tags=pass_tags, callback=on_step
+                pipe = self.pipeline()
+                result = pipe(
+                    tensor, sampling=sampling, tiling=tiling, tags=pass_tags, callback=on_step, **_quiet(pipe)
                 )
         finally:
             self._cancel.pop(session, None)
@@ -340,14 +352,25 @@ class UIController:
         image_path = folder / f"{stem}.png"
         sidecar_path = folder / f"{stem}.json"
         _save_result(image, after_f, image_path)
+        loaded = image.loaded
+        # The same record as `seesr upscale` writes, so `seesr upscale INPUT --from-json X.json` re-runs it.
         sidecar = {
+            "seesr_sidecar": 1,
+            "source": "seesr ui",
             "input": image.name,
+            "output": image_path.name,
             "input_size": [w, h],
             "output_size": [int(after.shape[1]), int(after.shape[0])],
+            "input_bit_depth": getattr(loaded, "bit_depth", None),
+            "bit_depth": 8,
+            "format": "png",
+            "grey": bool(getattr(loaded, "is_grey", False)),
+            "alpha": getattr(loaded, "alpha", None) is not None,
+            "input_warnings": list(getattr(loaded, "warnings", ()) or ()),
             "preset": preset,
             "seed": sampling.seed,
             "tags": list(result.tags),
-            "tags_edited": pass_tags is not None,
+            "tags_override": pass_tags is not None,
             "dape_tags": list(image.auto_tags),
             "prompt": result.prompt,
             "sampling": config_to_dict(sampling),
@@ -371,6 +394,15 @@ class UIController:
 def _display_name(path: Path) -> str:
     # Gradio stores uploads under a hash folder with the original file name kept.
     return path.name
+
+
+def _quiet(pipe: Any) -> dict[str, Any]:
+    """``show_progress=False`` where the pipeline has its own console bar: the page shows the progress."""
+    try:
+        params = inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"show_progress": False} if "show_progress" in params else {}
 
 
 def _to_tensor(rgb: np.ndarray) -> Any:
@@ -397,12 +429,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _versions() -> dict[str, str]:
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out: dict[str, str] = {}
-    for pkg in ("seesr", "torch", "diffusers", "transformers", "gradio"):
+    out = {"python": platform.python_version()}
+    for pkg in ("seesr", "torch", "diffusers", "transformers", "numpy", "pillow", "gradio"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
-            continue
+            out[pkg] = "not installed"
     return out
