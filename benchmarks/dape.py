@@ -140,7 +140,7 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(files: dict[str, Path], **kw) -> dict:
+def run_child(files: dict[str, Path], **kw: object) -> dict:
     cmd = [sys.executable, __file__, "--child", "--files", json.dumps({k: str(v) for k, v in files.items()})]
     for k, v in kw.items():
         if isinstance(v, bool):
@@ -212,7 +212,7 @@ def main() -> None:
             f"\n| per image, 128x128 LR, batch 1 (median of {args.repeats}) | s/image | ratio | peak RSS MiB |"
         )
         print("|---|---|---|---|")
-        rows = []
+        rows: list[tuple[str, dict[str, object]]] = []
         if not args.no_cpu:
             for threads in (1, 2):
                 rows.append((f"cpu fp32, {threads} thread(s)", dict(threads=threads)))

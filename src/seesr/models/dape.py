@@ -866,7 +866,7 @@ def build_student(
     here: the config's, i.e. 0) act only in train mode, drawing from :meth:`DAPE.set_generator`'s generator.
     """
     config = _resolve_config(arch)
-    changes = {}
+    changes: dict[str, Any] = {}
     if drop_path_rate is not None:
         changes["drop_path_rate"] = drop_path_rate
     if head_dropout is not None:

@@ -172,6 +172,8 @@ class LoRALinear(nn.Linear):
         self.groups = tuple(bool(g) for g in groups)
         self.r = 0
         self.scale = 0.0
+        self.lora_A: nn.Parameter | None
+        self.lora_B: nn.Parameter | None
         self.register_parameter("lora_A", None)
         self.register_parameter("lora_B", None)
 
@@ -219,7 +221,7 @@ class LoRALinear(nn.Linear):
 
     def delta_weight(self) -> torch.Tensor:
         """Current full-size update ``(out, in)`` (zeros when LoRA is not enabled)."""
-        if self.lora_A is None:
+        if self.lora_A is None or self.lora_B is None:
             return torch.zeros_like(self.weight)
         return lora_delta(self.lora_A, self.lora_B, self.groups, self.out_features, self.scale)
 
@@ -236,7 +238,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        if self.lora_A is None:
+        if self.lora_A is None or self.lora_B is None:
             return out
         # low-rank path: x Aᵀ (r*n_on wide), then each enabled block's B; disabled blocks get zeros
         xa = F.linear(x, self.lora_A)
@@ -272,7 +274,7 @@ def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
     """All enabled ``lora_A``/``lora_B`` parameters of ``module`` (for the optimiser)."""
     params: list[nn.Parameter] = []
     for _, layer in iter_lora_layers(module):
-        if layer.lora_A is not None:
+        if layer.lora_A is not None and layer.lora_B is not None:
             params += [layer.lora_A, layer.lora_B]
     return params
 
@@ -289,7 +291,7 @@ def lora_state_dict(module: nn.Module, prefix: str = "") -> dict[str, torch.Tens
     """``{prefix + name + '.lora_A' | '.lora_B': tensor}`` of all enabled LoRA layers (detached, same device)."""
     out: dict[str, torch.Tensor] = {}
     for name, layer in iter_lora_layers(module):
-        if layer.lora_A is not None:
+        if layer.lora_A is not None and layer.lora_B is not None:
             base = f"{prefix}{name}." if name else prefix
             out[f"{base}lora_A"] = layer.lora_A.detach()
             out[f"{base}lora_B"] = layer.lora_B.detach()

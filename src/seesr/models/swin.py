@@ -69,6 +69,7 @@ class WindowAttention(nn.Module):
         self.qkv = LoRALinear(dim, 3 * dim, bias=True, groups=(True, False, True))
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self.relative_position_index: torch.Tensor
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -117,6 +118,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, window, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn_mask: torch.Tensor | None
         self.register_buffer("attn_mask", self._mask(), persistent=False)
         self.generator: torch.Generator | None = None
 
