@@ -233,6 +233,22 @@ def test_checkpoint_with_optimizer_state_and_vision_multi_names(ram, tmp_path, m
         assert torch.equal(model.tag_logits(x), models["plain"].tag_logits(x))
 
 
+def test_untied_tag_encoder_copy_warns_and_head_values_win(ram, tmp_path, models, ref, caplog):
+    full = torch.load(ram["ram"], weights_only=True)
+    key = "tag_encoder.encoder.layer.1.intermediate.dense.weight"
+    full["model"][key] = full["model"][key].clone() + 1.0  # break the tie
+    path = tmp_path / "untied.pth"
+    torch.save(full, path)
+    with caplog.at_level("WARNING", logger="seesr.models.dape"):
+        model = DAPE.from_official(
+            path, tag_list=ram["tag_list"], thresholds=ram["thresholds"], arch=ram["arch"]
+        )
+    assert "1 tag_encoder tensors differ" in caplog.text and key in caplog.text
+    x = ref[0]["coffee_96x128/ram_input_384"]
+    with torch.no_grad():
+        assert torch.equal(model.tag_logits(x), models["plain"].tag_logits(x))
+
+
 # ------------------------------------------------------------------------------------------ layout / sizes
 def _official_keys(cfg: DAPEConfig) -> set[str]:
     """Inference keys of the official RAM state dict after the loader's filtering (spec §4.1)."""

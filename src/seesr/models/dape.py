@@ -689,6 +689,7 @@ class DAPE(nn.Module):
                 f"RAM checkpoint {ram_path}: {len(unexpected)} unexpected keys {unexpected[:5]} "
                 f"(expected a RAM Swin state dict; LoRA files go to dape_checkpoint)"
             )
+        _check_tied_copies(ckpt["model"], state, ram_path)
         if dape_checkpoint is not None:
             _merge_official_lora(state, Path(dape_checkpoint), config)
         model._finish_load(state, f"RAM checkpoint {ram_path}")
@@ -741,6 +742,33 @@ class DAPE(nn.Module):
         model._finish_load(load_file(str(d / WEIGHTS_NAME)), f"DAPE weights {d / WEIGHTS_NAME}")
         model.tagging = tagging or TaggingOptions()
         return model
+
+
+def _check_tied_copies(ckpt: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Warn when the checkpoint's tag_encoder copies of the tied tagging-head layers hold other values.
+
+    In the official model both names are one tensor; loading copies the tag_encoder entry first and the
+    tagging_head entry last, so the tagging_head values win — which is what we use. A mismatch means the file was
+    not written from a tied model, so it is worth a warning (not an error: the official code accepts it).
+    """
+    differing = []
+    for key, value in ckpt.items():
+        if not key.startswith("tag_encoder.encoder.layer."):
+            continue
+        twin = "tagging_head." + key[len("tag_encoder.") :]
+        mine = state.get(twin)
+        if mine is None or not isinstance(value, torch.Tensor) or value.shape != mine.shape:
+            continue
+        if not torch.equal(value.to(mine.dtype), mine):
+            differing.append(key)
+    if differing:
+        logger.warning(
+            "RAM checkpoint %s: %d tag_encoder tensors differ from their tied tagging_head twins (e.g. %s); "
+            "using the tagging_head values, as the official loader does",
+            path,
+            len(differing),
+            differing[0],
+        )
 
 
 # ----------------------------------------------------------------------------------------------- official LoRA
