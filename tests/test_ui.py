@@ -423,7 +423,12 @@ def test_factory_error_becomes_page_message(tmp_path, coffee):
 @pytest.fixture
 def launches(monkeypatch):
     calls: list[dict] = []
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: calls.append({"app": self, **kw}))
+
+    def fake_launch(self, **kw):
+        calls.append({"app": self, **kw})
+        return None, "http://127.0.0.1:0/", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
     monkeypatch.delenv("SEESR_WEIGHTS", raising=False)
     return calls
 
@@ -432,6 +437,7 @@ def test_cli_binds_localhost_without_share_by_default(launches, tmp_path):
     assert main(["ui", "--output-dir", str(tmp_path)]) == 0
     (call,) = launches
     assert call["server_name"] == "127.0.0.1" and call["share"] is False and call["ssr_mode"] is False
+    assert call["prevent_thread_lock"] is False  # `seesr ui` blocks until Ctrl-C
     ctl = call["app"].seesr_controller
     assert not ctl.ready and "no weights: pass --weights DIR" in ctl.load_error
 

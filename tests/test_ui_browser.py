@@ -43,7 +43,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio", reason="the `ui` extra (gradio) is not installed")
 
 from seesr.config import SamplingConfig  # noqa: E402
-from seesr.ui.app import build_app  # noqa: E402
+from seesr.ui.app import build_app, serve  # noqa: E402
 from tests.test_ui import COFFEE, StubPipeline, tiny_pipeline  # noqa: E402
 
 
@@ -78,15 +78,7 @@ class Served:
 
     def __init__(self, browser, app):
         self.app = app
-        _, self.url, _ = app.launch(
-            prevent_thread_lock=True,
-            server_name="127.0.0.1",
-            server_port=None,
-            ssr_mode=False,
-            quiet=True,
-            footer_links=[],
-            css=app.seesr_css,
-        )
+        self.url = serve(app, port=None, block=False)
         self.origin = self.url.rstrip("/")
         self.external: list[str] = []
         self.errors: list[str] = []

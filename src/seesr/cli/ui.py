@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         description="Start the SeeSR web UI (Gradio; needs the `ui` extra: pip install 'seesr[ui]').",
     )
     w = p.add_argument_group("weights (as `seesr upscale`: --weights, the official parts, or SEESR_WEIGHTS)")
-    w.add_argument("--weights", default=None, help="folder from `seesr download` / save_pretrained")
+    w.add_argument(
+        "--weights", metavar="DIR", default=None, help="folder from `seesr download` / save_pretrained"
+    )
     w.add_argument("--sd2", help="SD-2-base diffusers folder or hub id")
     w.add_argument("--seesr", help="SeeSR folder with unet/ and controlnet/")
     w.add_argument("--ram", help="RAM Swin-L checkpoint (ram_swin_large_14m.pth)")
@@ -40,7 +42,10 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument(
-        "--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: fp16 on GPU"
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto: fp16 on CUDA, else fp32",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise ImportError("seesr ui needs gradio: pip install 'seesr[ui]'") from err
     from seesr.cli.upscale import _weights_source
     from seesr.errors import WeightsError
-    from seesr.ui.app import WEIGHTS_HELP, build_app
+    from seesr.ui.app import WEIGHTS_HELP, build_app, serve
 
     pipeline = None
     load_error = None
@@ -129,13 +134,5 @@ def run(args: argparse.Namespace) -> int:
         print(
             "seesr ui: --share given: the app will also be reachable through a public link", file=sys.stderr
         )
-    app.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=bool(args.share),
-        ssr_mode=False,
-        css=app.seesr_css,
-        max_file_size="200mb",
-        footer_links=[],
-    )
+    serve(app, host=args.host, port=args.port, share=bool(args.share))
     return 0

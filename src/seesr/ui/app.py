@@ -40,7 +40,7 @@ CSS = """
 def _msg(kind: str, text: str) -> str:
     # Plain words rather than emoji: they render without an emoji font and read well in screen readers.
     icon = {"ok": "", "info": "", "error": "**Error:** "}[kind]
-    # Escape markdown/HTML in user-derived text (file names, exception messages).
+    # Escape HTML in user-derived text (file names, exception messages): the status box renders Markdown.
     safe = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return f"{icon}{safe}"
 
@@ -57,7 +57,7 @@ def build_app(
     default_preset: str = "default",
     title: str = "SeeSR — semantics-aware real-world super-resolution",
 ) -> "gr.Blocks":
-    """Build the page (not launched). Launch it with ``app.launch(server_name="127.0.0.1")``.
+    """Build the page (not launched); start it with :func:`serve`.
 
     Args:
         pipeline: a loaded :class:`SeeSRPipeline` (or a stand-in with the same ``extract_tags``/``__call__``),
@@ -71,8 +71,8 @@ def build_app(
         default_preset: the preset selected when the page opens (one of ``seesr upscale --preset``'s).
 
     Returns:
-        A ``gradio.Blocks`` with its queue configured for one job at a time. The controller is attached as
-        ``app.seesr_controller``.
+        A ``gradio.Blocks`` with its queue configured for one job at a time (start it with :func:`serve`). The
+        controller is attached as ``app.seesr_controller``.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
@@ -320,9 +320,37 @@ def build_app(
 
     app.queue(default_concurrency_limit=1, max_size=16)
     app.seesr_controller = ctl  # type: ignore[attr-defined]
-    app.seesr_css = CSS  # type: ignore[attr-defined]
     return app
 
 
 def _session(request: Any) -> str:
     return str(getattr(request, "session_hash", "") or "")
+
+
+def serve(
+    app: "gr.Blocks",
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    block: bool = True,
+    max_file_size: str | int | None = "200mb",
+) -> str:
+    """Launch ``app`` (from :func:`build_app`) and return its local URL.
+
+    Binds to ``host`` (this machine only by default); a public Gradio share link only with ``share=True``.
+    Server-side rendering (a Node process) is off and the footer links are hidden; the page loads nothing from
+    outside the local server. ``block=False`` returns at once (tests, notebooks); close with ``app.close()``.
+    """
+    _, url, _ = app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=not block,
+        ssr_mode=False,
+        css=CSS,
+        max_file_size=max_file_size,
+        footer_links=[],
+        quiet=not block,
+    )
+    return url
