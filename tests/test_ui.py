@@ -248,6 +248,31 @@ def test_ui_sidecar_reruns_with_seesr_upscale_from_json(tmp_path, coffee, monkey
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_alpha_and_grey_survive_the_page(tmp_path, mode):
+    """bad_inputs.md rows 11-12: alpha is upscaled and re-attached, grey in gives grey out."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, size=(12, 16, len(mode)), dtype=np.uint8)
+    src = tmp_path / f"in_{mode}.png"
+    Image.fromarray(arr[..., 0] if mode == "L" else arr, mode=mode).save(src)
+    ctl = UIController(StubPipeline(), output_dir=tmp_path / "out")
+    image = ctl.load(src)
+    out = ctl.run(
+        image, tags=None, sampling=SamplingConfig(num_inference_steps=1, upscale=2), tiling=TilingConfig()
+    )
+    with Image.open(out.image_path) as im:
+        assert im.mode == ("RGBA" if mode == "RGBA" else "L") and im.size == (32, 24)
+        if mode == "RGBA":
+            alpha = np.asarray(im)[..., 3].astype(np.float32)
+            assert (
+                abs(alpha.mean() - arr[..., 3].mean()) < 8
+            )  # the source alpha, upscaled — not dropped/opaque
+    side = json.loads(out.sidecar_path.read_text())
+    assert side["alpha"] is (mode == "RGBA") and side["grey"] is (mode == "L")
+
+
 def test_pixel_cap_is_checked_before_decoding(tmp_path, coffee):
     ctl = UIController(StubPipeline(), output_dir=tmp_path, max_input_pixels=1000)
     with pytest.raises(BadImageError, match="3,?072"):
