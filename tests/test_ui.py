@@ -37,7 +37,7 @@ from seesr.ui.controller import (  # noqa: E402
     parse_tags,
     preview_u8,
 )
-from tests.tiny_pipeline import build_tiny_pipeline  # noqa: E402
+from tests.tiny_pipeline import official_parts  # noqa: E402
 
 
 class StubPipeline:
@@ -473,14 +473,20 @@ def test_cli_share_and_port_only_when_asked(launches, tmp_path):
     assert launches[0]["share"] is True
 
 
-def test_cli_weight_problems_are_shown_in_the_page(launches, tmp_path):
+def test_cli_weight_problems_are_shown_in_the_page(launches, tmp_path, monkeypatch):
     assert main(["ui", "--weights", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]) == 0
     assert "missing: folder not found" in launches[-1]["app"].seesr_controller.load_error
     assert main(["ui", "--sd2", "x", "--output-dir", str(tmp_path)]) == 0
     assert "official weights incomplete: also pass --seesr" in launches[-1]["app"].seesr_controller.load_error
-    assert main(["ui", "--sd2", str(tmp_path / "no-sd2"), "--seesr", str(tmp_path / "no-seesr")]) == 0
+    import seesr.cli.ui as cli_ui
+
+    def broken_loader(args):
+        raise ValueError(f"{args.seesr}/unet: unexpected key 'foo.weight'")
+
+    monkeypatch.setattr(cli_ui, "load_pipeline", broken_loader)
+    assert main(["ui", "--sd2", str(tmp_path / "sd2"), "--seesr", str(tmp_path / "seesr")]) == 0
     msg = launches[-1]["app"].seesr_controller.load_error
-    assert msg.startswith("Could not load the SeeSR weights") and "no-sd2" in msg
+    assert msg.startswith("Could not load the SeeSR weights: ") and "seesr/unet: unexpected key" in msg
     # Conflicting flags are a command-line mistake: one line and exit 1, no page.
     n = len(launches)
     assert main(["ui", "--weights", str(tmp_path), "--sd2", "x"]) == 1 and len(launches) == n
@@ -544,8 +550,15 @@ def test_cli_serves_the_page_in_a_subprocess(tmp_path):
 
 @functools.lru_cache(maxsize=1)
 def tiny_pipeline(fixtures_dir: Path):
-    """The tiny official-format pipeline, built once per test session (shared with the browser test)."""
-    return build_tiny_pipeline(fixtures_dir)
+    """The tiny official-format pipeline loaded the way `seesr ui --sd2 ... --dape-arch ...` loads it; built
+    once per test session (shared with the browser test)."""
+    import seesr.cli.ui as cli_ui
+    from seesr.cli import build_parser
+
+    argv = ["ui", "--device", "cpu", "--dtype", "fp32"]
+    for part, path in official_parts(fixtures_dir).items():
+        argv += [f"--{part.replace('_', '-')}", str(path)]
+    return cli_ui.load_pipeline(build_parser().parse_args(argv))
 
 
 def test_tiny_pipeline_through_the_ui(tmp_path, fixtures_dir):
