@@ -305,6 +305,37 @@ def test_cancel_stops_at_the_next_step(tmp_path, coffee):
     assert not list(tmp_path.rglob("*.png"))  # no result written
 
 
+def test_cancel_reaches_the_next_job_of_the_session(tmp_path, coffee):
+    """Gradio drops a cancelled event at once while its thread finishes the step; the session's next job must
+    still be cancellable (the finishing job must not unregister it)."""
+    stub = StubPipeline(delay=0.05)
+    ctl = UIController(stub, output_dir=tmp_path)
+    image = ctl.load(coffee)
+    results: dict[str, BaseException | None] = {}
+    sampling = SamplingConfig(num_inference_steps=200)
+
+    def job(name: str) -> None:
+        try:
+            ctl.run(image, tags=None, sampling=sampling, tiling=TilingConfig(), session="s")
+            results[name] = None
+        except BaseException as err:
+            results[name] = err
+
+    first = threading.Thread(target=job, args=("A",))
+    first.start()
+    while stub.steps_done < 2:
+        time.sleep(0.01)
+    assert ctl.cancel("s")
+    second = threading.Thread(target=job, args=("B",))
+    second.start()
+    time.sleep(0.2)  # B is registered and waits for the model while A stops
+    first.join()
+    assert ctl.cancel("s") is True  # B is still reachable
+    second.join(timeout=30)
+    assert isinstance(results["A"], Cancelled) and isinstance(results["B"], Cancelled)
+    assert stub.steps_done < 50  # both stopped within a few of their 200 steps
+
+
 def test_one_model_job_at_a_time(tmp_path, coffee):
     stub = StubPipeline(delay=0.02)
     ctl = UIController(stub, output_dir=tmp_path)

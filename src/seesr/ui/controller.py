@@ -261,7 +261,7 @@ class UIController:
         rgb = np.asarray(loaded.rgb, dtype=np.float32)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"{path.name}: expected an (H,W,3) image from seesr.io, got shape {rgb.shape}")
-        return InputImage(name=_display_name(path), rgb=rgb, loaded=loaded)
+        return InputImage(name=path.name, rgb=rgb, loaded=loaded)
 
     def extract_tags(self, image: InputImage) -> list[str]:
         """DAPE's tags for ``image`` (the same call the pipeline makes when no tags are given)."""
@@ -333,7 +333,9 @@ class UIController:
                     tensor, sampling=sampling, tiling=tiling, tags=pass_tags, callback=on_step, **_quiet(pipe)
                 )
         finally:
-            self._cancel.pop(session, None)
+            # A cancelled job's thread can still be finishing while the session's next job is registered.
+            if self._cancel.get(session) is event:
+                del self._cancel[session]
         seconds = time.perf_counter() - start
 
         sr = result.image
@@ -389,11 +391,6 @@ class UIController:
             tags=list(result.tags),
             seconds=seconds,
         )
-
-
-def _display_name(path: Path) -> str:
-    # Gradio stores uploads under a hash folder with the original file name kept.
-    return path.name
 
 
 def _quiet(pipe: Any) -> dict[str, Any]:
