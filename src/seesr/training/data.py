@@ -168,7 +168,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def build_dataset(data_cfg: Any, *, seed: int, stage: str = "seesr") -> Dataset:
+def build_dataset(data_cfg: Any, *, seed: int, stage: str = "seesr") -> PairedTrainingData | HQTrainingData:
     """The data set a :class:`~seesr.training.config.TrainDataConfig` describes for ``stage`` ``"seesr"`` (HQ: random
     crops; tags read when precomputed) or ``"dape"`` (HQ: resize to ``resolution``²; tags never read), as the
     official loaders."""

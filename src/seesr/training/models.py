@@ -30,11 +30,11 @@ class SeeSRTrainModels:
 
     unet: SeeSRUNet
     controlnet: SeeSRControlNet
-    vae: nn.Module
-    text_encoder: nn.Module
+    vae: Any
+    text_encoder: Any
     tokenizer: Any
     noise_scheduler: Any
-    soft_prompt: nn.Module | None
+    soft_prompt: Any | None
 
 
 def _require_dir(path: Path, what: str) -> Path:

@@ -129,7 +129,7 @@ def captions_with_null_text(prompts: Sequence[str], null_text: torch.Tensor, rat
     return ["" if float(u) < ratio else p for p, u in zip(prompts, null_text.tolist())]
 
 
-def encode_prompts(tokenizer: Any, text_encoder: torch.nn.Module, captions: Sequence[str]) -> torch.Tensor:
+def encode_prompts(tokenizer: Any, text_encoder: Any, captions: Sequence[str]) -> torch.Tensor:
     """CLIP ``last_hidden_state`` ``(B, 77, D)`` of padded/truncated captions (no attention mask, spec §5)."""
     ids = tokenizer(
         list(captions),
@@ -158,13 +158,13 @@ class SeeSRStepOutput:
 
 def seesr_training_step(
     *,
-    unet: torch.nn.Module,
-    controlnet: torch.nn.Module,
-    vae: torch.nn.Module,
-    text_encoder: torch.nn.Module,
+    unet: Any,
+    controlnet: Any,
+    vae: Any,
+    text_encoder: Any,
     tokenizer: Any,
     noise_scheduler: Any,
-    soft_prompt: torch.nn.Module | None,
+    soft_prompt: Any | None,
     gt: torch.Tensor,
     cond: torch.Tensor,
     prompts: Sequence[str],
@@ -286,8 +286,8 @@ def soft_label_bce(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
 
 def dape_training_step(
     *,
-    student: torch.nn.Module,
-    teacher: torch.nn.Module,
+    student: Any,
+    teacher: Any,
     hr_input: torch.Tensor,
     lr_input: torch.Tensor,
     feature_weight: float = 1.0,
@@ -321,7 +321,7 @@ def dape_training_step(
     )
 
 
-def _embeds_and_logits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _embeds_and_logits(model: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # A DDP wrapper only syncs gradients for calls to its own forward; DAPE.forward tags images, so the training
     # wrapper (seesr.training.train_dape.StudentForward) exposes embeds_and_logits as forward.
     if hasattr(model, "embeds_and_logits"):

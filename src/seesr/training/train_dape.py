@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ OFFICIAL_FILE = "DAPE.pth"
 class StudentForward(nn.Module):
     """Exposes ``DAPE.embeds_and_logits`` as ``forward`` so DDP sees (and all-reduces) the student's LoRA grads."""
 
-    def __init__(self, dape: nn.Module) -> None:
+    def __init__(self, dape: Any) -> None:
         super().__init__()
         self.dape = dape
 
@@ -52,13 +53,13 @@ class StudentForward(nn.Module):
         return self.dape.embeds_and_logits(x384)
 
 
-def build_dape_models(cfg: TrainDAPEConfig) -> tuple[nn.Module, nn.Module]:
+def build_dape_models(cfg: TrainDAPEConfig) -> tuple[Any, Any]:
     """``(student, teacher)``: RAM + trainable unmerged LoRA (from ``ram.dape_checkpoint`` when given, else fresh:
     ``lora_A`` kaiming from a generator seeded by ``run.seed``, ``lora_B`` = 0) and the frozen plain RAM."""
     from seesr.models.dape import build_student, build_teacher
 
     ram = cfg.ram
-    kw = dict(tag_list=ram.tag_list, thresholds=ram.thresholds, arch=ram.arch)
+    kw: dict[str, Any] = dict(tag_list=ram.tag_list, thresholds=ram.thresholds, arch=ram.arch)
     teacher = build_teacher(ram.ram_checkpoint, **kw)
     student = build_student(
         ram.ram_checkpoint,
@@ -73,9 +74,7 @@ def build_dape_models(cfg: TrainDAPEConfig) -> tuple[nn.Module, nn.Module]:
     return student, teacher
 
 
-def save_dape_weights(
-    student: nn.Module, folder: Path, template: str | None, *, merged: bool = False
-) -> None:
+def save_dape_weights(student: Any, folder: Path, template: str | None, *, merged: bool = False) -> None:
     """``DAPE.pth`` (official layout; tag_encoder/text_decoder entries from ``template`` or zeros) and
     ``lora.safetensors``; with ``merged`` also ``dape/`` (our inference format)."""
     from safetensors.torch import save_file
@@ -94,7 +93,7 @@ def save_dape_weights(
         student.save_pretrained(folder / "dape")
 
 
-def _load_lora(student: nn.Module, folder: Path) -> None:
+def _load_lora(student: Any, folder: Path) -> None:
     from safetensors.torch import load_file
 
     from seesr.models.lora import lora_state_dict
@@ -230,7 +229,12 @@ def train_dape(
         done = step + 1
         loss = float(accelerator.reduce(loss_sum, reduction="mean"))
         l_fea, l_logits = accelerator.reduce(terms, reduction="mean").tolist()
-        logs = {"loss": loss, "l_fea": l_fea, "l_logits": l_logits, "lr": lr_scheduler.get_last_lr()[0]}
+        logs = {
+            "loss": loss,
+            "l_fea": l_fea,
+            "l_logits": l_logits,
+            "lr": float(lr_scheduler.get_last_lr()[0]),
+        }
         logs["grad_norm"] = grad_norm
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {done}")

@@ -57,7 +57,7 @@ def load_models(cfg: TrainSeeSRConfig) -> SeeSRTrainModels:
     return SeeSRTrainModels(unet, controlnet, vae, text_encoder, tokenizer, noise_scheduler, soft_prompt)
 
 
-def save_release_layout(unet: torch.nn.Module, controlnet: torch.nn.Module, folder: Path) -> None:
+def save_release_layout(unet: Any, controlnet: Any, folder: Path) -> None:
     """``folder/unet`` + ``folder/controlnet`` via ``save_pretrained`` (safetensors, fp32 as trained)."""
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
@@ -246,7 +246,7 @@ def train_seesr(
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         loss = float(accelerator.reduce(loss_sum, reduction="mean"))
-        logs = {"loss": loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+        logs = {"loss": loss, "lr": float(lr_scheduler.get_last_lr()[0]), "grad_norm": grad_norm}
         logs["step_time_s"] = time.perf_counter() - t0
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {done}")
