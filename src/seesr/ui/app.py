@@ -226,7 +226,7 @@ def build_app(
                     preset = gr.Radio(
                         list(PRESETS),
                         value=default_preset,
-                        label="Preset (as `seesr upscale --preset`)",
+                        label="Preset (same as seesr upscale --preset)",
                         info="faithful: every official quirk · turbo: 2 steps, no CFG (start with --turbo for "
                         "the sd-turbo UNet) · no-lre / hard-only / soft-only / no-dape: the paper's ablations",
                         elem_id="seesr-preset",
