@@ -194,7 +194,9 @@ def build_app(
         running = ctl.cancel(_session(request))
         return _msg("info", "Cancelling after the current step…" if running else "Nothing is running.")
 
-    with gr.Blocks(title="SeeSR", analytics_enabled=False) as app:
+    # delete_cache: Gradio's copies of uploads and results older than a day go, checked hourly (a long-running
+    # local app would otherwise fill the disk with large PNGs).
+    with gr.Blocks(title="SeeSR", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown(f"## {title}\nUpload a low-resolution photo, check the tags, press **Upscale**.")
         if not ctl.ready:
             gr.Markdown(_msg("error", ctl.load_error or WEIGHTS_HELP), elem_id="seesr-weights-error")
