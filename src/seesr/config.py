@@ -109,6 +109,22 @@ class TilingConfig:
             )
 
 
+#: Named settings shared by `seesr upscale --preset` and the web UI:
+#: preset -> (SamplingConfig overrides, TilingConfig overrides); explicit settings still win.
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "default": ({}, {}),
+    "faithful": ({"faithful": True}, {"latent_tile_overlap": 4}),  # official test_seesr.py overlap
+    "turbo": (
+        {"num_inference_steps": 2, "timestep_spacing": "trailing", "guidance_scale": 1.0},
+        {"latent_tile_overlap": 32},
+    ),
+    "no-lre": ({"start_point": "noise"}, {}),  # paper Table 5: start from pure noise
+    "hard-only": ({"prompt_mode": "hard_only"}, {}),
+    "soft-only": ({"prompt_mode": "soft_only"}, {}),
+    "no-dape": ({"prompt_mode": "none"}, {}),
+}
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -124,7 +140,9 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "con
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(fields)}")
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

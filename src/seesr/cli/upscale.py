@@ -24,26 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from seesr.config import PRESETS  # one preset table for the CLI and the UI
+
 logger = logging.getLogger(__name__)
 
 NO_WEIGHTS = (
     "no weights: pass --weights DIR (made by `seesr download DIR`) or set SEESR_WEIGHTS, "
     "or give the official parts --sd2 --seesr --ram --dape (and --tag-list --thresholds)"
 )
-
-#: preset -> (SamplingConfig overrides, TilingConfig overrides); explicit flags still win.
-PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "default": ({}, {}),
-    "faithful": ({"faithful": True}, {"latent_tile_overlap": 4}),  # official test_seesr.py overlap
-    "turbo": (
-        {"num_inference_steps": 2, "timestep_spacing": "trailing", "guidance_scale": 1.0},
-        {"latent_tile_overlap": 32},
-    ),
-    "no-lre": ({"start_point": "noise"}, {}),  # paper Table 5: start from pure noise
-    "hard-only": ({"prompt_mode": "hard_only"}, {}),
-    "soft-only": ({"prompt_mode": "soft_only"}, {}),
-    "no-dape": ({"prompt_mode": "none"}, {}),
-}
 
 # flag dest -> SamplingConfig field
 _SAMPLING_FLAGS = {

@@ -26,14 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from seesr.cli.upscale import PRESETS as CLI_PRESETS
-from seesr.config import SamplingConfig, TilingConfig, config_to_dict
+from seesr.config import PRESETS, SamplingConfig, TilingConfig, config_to_dict
 
 logger = logging.getLogger(__name__)
-
-#: The CLI's preset table (preset -> (SamplingConfig overrides, TilingConfig overrides)): one set of presets for
-#: `seesr upscale --preset` and the page.
-PRESETS = CLI_PRESETS
 
 WEIGHTS_HELP = (
     "Start the UI with `seesr ui --weights DIR` (a folder written by `seesr download` or "
