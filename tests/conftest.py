@@ -24,7 +24,9 @@ FIXTURES = _fixtures_dir()
 def fixtures_dir() -> Path:
     """Root of the shared parity fixtures; a missing folder fails loudly rather than skipping tests."""
     if not (FIXTURES / "README.md").is_file():
-        pytest.fail(f"parity fixtures not found at {FIXTURES}; set SEESR_FIXTURES to the shared/fixtures folder")
+        pytest.fail(
+            f"parity fixtures not found at {FIXTURES}; set SEESR_FIXTURES to the shared/fixtures folder"
+        )
     return FIXTURES
 
 

@@ -20,7 +20,9 @@ def release():
     from seesr.pipeline.pipeline import SeeSRPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SeeSRPipeline.from_pretrained(Path(WEIGHTS), device=device, dtype="fp16" if device == "cuda" else None)
+    return SeeSRPipeline.from_pretrained(
+        Path(WEIGHTS), device=device, dtype="fp16" if device == "cuda" else None
+    )
 
 
 def test_release_loads_strictly_with_official_counts(release):

@@ -6,7 +6,7 @@ Public names are resolved lazily (PEP 562) so that ``import seesr`` and ``seesr 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -23,12 +23,6 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = ["__version__", *_LAZY]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from seesr.models.controlnet import SeeSRControlNet
-    from seesr.models.dape import DAPE
-    from seesr.models.unet import SeeSRUNet
-    from seesr.pipeline.pipeline import SeeSRPipeline
 
 
 def __getattr__(name: str) -> Any:

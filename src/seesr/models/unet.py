@@ -100,7 +100,9 @@ class SeeSRUNet(StrictLoadingMixin, UNet2DConditionModel):
         provenance: dict[str, str] = {}
         base_unexpected = [k for k in base_sd if RCA_KEY not in k and k not in wanted]
         for key in wanted:
-            source, sd, path = ("seesr", seesr_sd, seesr_file) if f".{RCA_KEY}." in key else ("base", base_sd, base_file)
+            source, sd, path = (
+                ("seesr", seesr_sd, seesr_file) if f".{RCA_KEY}." in key else ("base", base_sd, base_file)
+            )
             if key in sd:
                 merged[key] = sd[key]
                 provenance[key] = str(path)
