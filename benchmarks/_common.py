@@ -8,19 +8,9 @@ from collections.abc import Callable
 
 import torch
 
-SD2_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    block_out_channels=[320, 640, 1280, 1280],
-    layers_per_block=2,
-    attention_head_dim=[5, 10, 20, 20],
-    cross_attention_dim=1024,
-    use_linear_projection=True,
-    norm_num_groups=32,
-)
+from seesr.models.unet import SD2_BASE_UNET_CONFIG
+
+SD2_UNET = SD2_BASE_UNET_CONFIG
 TINY_UNET = dict(
     sample_size=32,
     in_channels=4,

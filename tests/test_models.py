@@ -12,22 +12,10 @@ from safetensors.torch import load_file, save_file
 
 from seesr.errors import WeightsError
 from seesr.models.controlnet import SeeSRControlNet
-from seesr.models.unet import SeeSRUNet
+from seesr.models.unet import SD2_BASE_UNET_CONFIG, SeeSRUNet
 from tests.conftest import tolerance
 
-SD2_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    block_out_channels=[320, 640, 1280, 1280],
-    layers_per_block=2,
-    attention_head_dim=[5, 10, 20, 20],
-    cross_attention_dim=1024,
-    use_linear_projection=True,
-    norm_num_groups=32,
-)
+SD2_UNET = SD2_BASE_UNET_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,22 @@ from seesr.models.rca import RCAContext, attach_rca
 
 RCA_KEY = "image_attentions"
 
+SD2_BASE_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+}
+"""The SD-2-base UNet architecture (stabilityai/stable-diffusion-2-base ``unet/config.json``, spec §3); add
+``use_image_cross_attention=True`` for SeeSR's. Used to build full-size models on the meta device."""
+
 
 class SeeSRUNet(StrictLoadingMixin, UNet2DConditionModel):
     """UNet2DConditionModel + RCA.
