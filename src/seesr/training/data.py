@@ -187,6 +187,34 @@ def build_dataset(data_cfg: Any, *, seed: int, stage: str = "seesr") -> PairedTr
     )
 
 
+def build_loader(
+    data_cfg: Any, run: Any, accelerator: Any, *, start_step: int, stage: str = "seesr"
+) -> tuple[torch.utils.data.DataLoader, Any]:
+    """This process's data loader (batches addressed by step, so resuming at ``start_step`` is exact) and the
+    online degradation module when training from HQ folders (else ``None``)."""
+    dataset = build_dataset(data_cfg, seed=run.seed, stage=stage)
+    sampler = StepBatchSampler(
+        len(dataset),
+        batch_size=run.train_batch_size,
+        accumulation=run.gradient_accumulation_steps,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        seed=run.seed,
+        shuffle=data_cfg.shuffle,
+        start_step=start_step,
+        max_steps=run.max_train_steps,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=data_cfg.num_workers
+    )
+    degradation = None
+    if data_cfg.hq_roots:
+        from seesr.data.realesrgan import RealESRGANDegradation
+
+        degradation = RealESRGANDegradation()
+    return loader, degradation
+
+
 def degrade_online(
     gt: torch.Tensor, sample_ids: torch.Tensor, seed: int, degradation: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:

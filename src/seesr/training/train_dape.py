@@ -32,7 +32,7 @@ from seesr.training.checkpoint import (
     weight_dtype_for,
 )
 from seesr.training.config import TrainDAPEConfig
-from seesr.training.data import StepBatchSampler, build_dataset, collate, degrade_online
+from seesr.training.data import build_loader, degrade_online
 from seesr.training.steps import dape_ram_input, dape_training_step, mix_seed
 
 logger = logging.getLogger(__name__)
@@ -157,26 +157,7 @@ def train_dape(
 
         accelerator.init_trackers("dape", config=_flat_hparams(resolved))
 
-    dataset = build_dataset(cfg.data, seed=run.seed, stage="dape")
-    sampler = StepBatchSampler(
-        len(dataset),
-        batch_size=run.train_batch_size,
-        accumulation=run.gradient_accumulation_steps,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        seed=run.seed,
-        shuffle=cfg.data.shuffle,
-        start_step=start,
-        max_steps=run.max_train_steps,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
-    )
-    degradation = None
-    if cfg.data.hq_roots:
-        from seesr.data.realesrgan import RealESRGANDegradation
-
-        degradation = RealESRGANDegradation()
+    loader, degradation = build_loader(cfg.data, run, accelerator, start_step=start, stage="dape")
     template = cfg.ram.dape_checkpoint
 
     def write(folder: Path) -> None:

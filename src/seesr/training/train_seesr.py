@@ -31,7 +31,7 @@ from seesr.training.checkpoint import (
     weight_dtype_for,
 )
 from seesr.training.config import TrainSeeSRConfig
-from seesr.training.data import StepBatchSampler, build_dataset, collate, degrade_online
+from seesr.training.data import build_loader, degrade_online
 from seesr.training.models import (
     SeeSRTrainModels,
     configure_trainable,
@@ -160,26 +160,7 @@ def train_seesr(
     if run.report_to == "tensorboard":
         accelerator.init_trackers("seesr", config=_flat_hparams(resolved))
 
-    dataset = build_dataset(cfg.data, seed=run.seed)
-    sampler = StepBatchSampler(
-        len(dataset),
-        batch_size=run.train_batch_size,
-        accumulation=run.gradient_accumulation_steps,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        seed=run.seed,
-        shuffle=cfg.data.shuffle,
-        start_step=start,
-        max_steps=run.max_train_steps,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
-    )
-    degradation = None
-    if cfg.data.hq_roots:
-        from seesr.data.realesrgan import RealESRGANDegradation
-
-        degradation = RealESRGANDegradation()
+    loader, degradation = build_loader(cfg.data, run, accelerator, start_step=start)
     tagger = _online_tagger(cfg).to(device) if cfg.data.tags == "online" else None
     latent_div = 2 ** (len(models.vae.config.block_out_channels) - 1)
     num_t = int(models.noise_scheduler.config.num_train_timesteps)
@@ -188,7 +169,7 @@ def train_seesr(
         "training steps %d..%d, global batch %d (%d x %d x %d processes)",
         start,
         run.max_train_steps,
-        sampler.global_batch,
+        run.train_batch_size * run.gradient_accumulation_steps * accelerator.num_processes,
         run.train_batch_size,
         run.gradient_accumulation_steps,
         accelerator.num_processes,
