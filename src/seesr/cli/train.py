@@ -15,7 +15,13 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         help="train the ControlNet + RCA (stage 2) on a frozen SD-2",
         description="Stage-2 SeeSR training with accelerate (single/multi GPU, multi-node, CPU).",
     )
-    p.add_argument("--config", required=True, help="YAML run config (see configs/train_seesr_*.yaml)")
+    add_training_arguments(p, "configs/train_seesr_*.yaml")
+    p.set_defaults(run=run)
+
+
+def add_training_arguments(p: argparse.ArgumentParser, config_examples: str) -> None:
+    """The flags both training commands take: config, resume, output folder and step overrides."""
+    p.add_argument("--config", required=True, help=f"YAML run config (see {config_examples})")
     p.add_argument(
         "--resume",
         nargs="?",
@@ -26,7 +32,6 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--output-dir", default=None, help="override run.output_dir of the config")
     p.add_argument("--max-train-steps", type=int, default=None, help="override run.max_train_steps")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

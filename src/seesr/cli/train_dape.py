@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from seesr.cli.train import _override_run, _quiet_other_ranks
+from seesr.cli.train import _override_run, _quiet_other_ranks, add_training_arguments
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -17,17 +17,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         help="train DAPE (stage 1): LoRA distillation of RAM on degraded images",
         description="Stage-1 DAPE training with accelerate; writes DAPE.pth (official layout) and dape/.",
     )
-    p.add_argument("--config", required=True, help="YAML run config (see configs/train_dape_*.yaml)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        metavar="CHECKPOINT",
-        help="resume from the newest checkpoint in output_dir (no value) or from the given checkpoint folder",
-    )
-    p.add_argument("--output-dir", default=None, help="override run.output_dir of the config")
-    p.add_argument("--max-train-steps", type=int, default=None, help="override run.max_train_steps")
+    add_training_arguments(p, "configs/train_dape_*.yaml")
     p.set_defaults(run=run)
 
 

@@ -207,3 +207,27 @@ def load_checkpoint(
     _set_rng_state(torch.load(rng_file, weights_only=False))
     logger.info("resumed from %s at step %d", path, state["step"])
     return int(state["step"])
+
+
+def write_resolved_config(
+    accelerator: Any, out: Path, resolved: dict[str, Any], report_to: str, name: str
+) -> None:
+    """Write the resolved run config beside the outputs (main process) and start the TensorBoard tracker."""
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+    if report_to == "tensorboard":
+        accelerator.init_trackers(name, config=_flat_hparams(resolved))
+
+
+def _flat_hparams(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TensorBoard hparams accept only scalars/strings: flatten nested dicts, stringify lists and None."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat_hparams(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            flat[f"{prefix}{k}"] = v
+        else:
+            flat[f"{prefix}{k}"] = str(v)
+    return flat

@@ -11,7 +11,6 @@ official key layout (``DAPE.from_official`` and SeeSR's ``--ram_ft_path`` load i
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from seesr.training.checkpoint import (
     make_optimizer,
     save_checkpoint,
     weight_dtype_for,
+    write_resolved_config,
 )
 from seesr.training.config import TrainDAPEConfig
 from seesr.training.data import build_loader, degrade_online
@@ -149,13 +149,7 @@ def train_dape(
             lr_scheduler=lr_scheduler,
         )
     resolved = config_to_dict(cfg)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
-    if run.report_to == "tensorboard":
-        from seesr.training.train_seesr import _flat_hparams
-
-        accelerator.init_trackers("dape", config=_flat_hparams(resolved))
+    write_resolved_config(accelerator, out, resolved, run.report_to, "dape")
 
     loader, degradation = build_loader(cfg.data, run, accelerator, start_step=start, stage="dape")
     template = cfg.ram.dape_checkpoint

@@ -10,7 +10,6 @@ Outputs (``unet/`` + ``controlnet/``) use the release layout; checkpoints resume
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from seesr.training.checkpoint import (
     make_optimizer,
     save_checkpoint,
     weight_dtype_for,
+    write_resolved_config,
 )
 from seesr.training.config import TrainSeeSRConfig
 from seesr.training.data import build_loader, degrade_online
@@ -154,11 +154,7 @@ def train_seesr(
             lr_scheduler=lr_scheduler,
         )
     resolved = config_to_dict(cfg)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
-    if run.report_to == "tensorboard":
-        accelerator.init_trackers("seesr", config=_flat_hparams(resolved))
+    write_resolved_config(accelerator, out, resolved, run.report_to, "seesr")
 
     loader, degradation = build_loader(cfg.data, run, accelerator, start_step=start)
     tagger = _online_tagger(cfg).to(device) if cfg.data.tags == "online" else None
@@ -273,19 +269,6 @@ def _save(accelerator, out, step, models, optimizer, lr_scheduler, resolved, lim
         config=resolved,
         total_limit=limit,
     )
-
-
-def _flat_hparams(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """TensorBoard hparams accept only scalars/strings: flatten nested dicts, stringify lists and None."""
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flat_hparams(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str, bool)):
-            flat[f"{prefix}{k}"] = v
-        else:
-            flat[f"{prefix}{k}"] = str(v)
-    return flat
 
 
 def _validate(cfg: TrainSeeSRConfig, accelerator: Any, models: SeeSRTrainModels, step: int) -> None:
