@@ -43,7 +43,9 @@ class StubPipe:
     device: str = "cpu"
     dtype: str = "torch.float32"
 
-    def __call__(self, image, *, sampling, tiling, tags=None, callback=None) -> StubResult:
+    def __call__(
+        self, image, *, sampling, tiling, tags=None, callback=None, show_progress=True
+    ) -> StubResult:
         assert image.dtype == torch.float32 and image.ndim == 4 and image.shape[1] == 3
         assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
         h, w = image.shape[-2:]
@@ -470,8 +472,8 @@ def test_folder_run_in_two_orders_is_byte_identical(cli, tmp_path: Path, stub: S
         name = f.with_suffix(".png").name
         assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes()
         s1, s2 = (json.loads((tmp_path / o / f.with_suffix(".json").name).read_text()) for o in ("o1", "o2"))
-        assert {k: v for k, v in s1.items() if k != "output"} == {
-            k: v for k, v in s2.items() if k != "output"
+        assert {k: v for k, v in s1.items() if k not in ("output", "timings")} == {
+            k: v for k, v in s2.items() if k not in ("output", "timings")
         }
 
 
@@ -518,10 +520,12 @@ def test_presets_and_sample_times(cli, tmp_path: Path, stub: StubPipe) -> None:
 
 def test_no_weights_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.delenv("SEESR_WEIGHTS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the default folder ~/.cache/seesr/weights is empty
     src = png(tmp_path / "a.png")
     assert main(["upscale", str(src), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert err == f"seesr upscale: error: {up.NO_WEIGHTS}\n"
+    default = tmp_path / "home" / ".cache" / "seesr" / "weights"
+    assert err == f"seesr upscale: error: no weights in the default folder {default}. {up.NO_WEIGHTS}\n"
     assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--sd2", "x"]) == 1
     assert "official weights incomplete: also pass --seesr" in capsys.readouterr().err
     monkeypatch.setenv("SEESR_WEIGHTS", str(tmp_path / "nowhere"))
@@ -567,7 +571,7 @@ import seesr.cli.upscale as up
 from seesr.cli import main
 
 class Slow:
-    def __call__(self, image, *, sampling, tiling, tags=None, callback=None):
+    def __call__(self, image, *, sampling, tiling, tags=None, callback=None, show_progress=True):
         if image.shape[-1] == 4:  # the second image: wait to be killed
             print("busy", flush=True)
             time.sleep(60)

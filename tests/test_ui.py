@@ -57,7 +57,7 @@ class StubPipeline:
         assert image.ndim == 4 and image.shape[:2] == (1, 3) and image.dtype == torch.float32
         return list(self.tags)
 
-    def __call__(self, image, sampling, tiling, tags=None, callback=None):
+    def __call__(self, image, sampling, tiling, tags=None, callback=None, show_progress=True):
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)

@@ -1,14 +1,13 @@
-"""`seesr upscale INPUT... -o OUTDIR`: batch super-resolution (issue 4 part 3; spec §1.1 for the knobs).
+"""`seesr upscale INPUT... -o OUTDIR`: batch super-resolution (argument parsing and batch policy only).
 
-Flow: resolve the run settings (defaults < ``--from-json`` sidecar < ``--preset`` < explicit flags), list the
-inputs, plan every output (collisions and input==output refused), check every input's header (pixel caps,
-alpha vs. format) — all before the weights are loaded — then run the pipeline image by image. A bad file
-prints ``path: reason`` and the run carries on; the exit code is 1 when anything failed. Each output gets a
-sidecar JSON with everything needed to re-run it (``--from-json``).
+Flow: resolve the run settings (:mod:`seesr.run.settings`: defaults < ``--from-json`` sidecar < ``--preset`` <
+explicit flags), list the inputs, plan every output (collisions and input==output refused), check every input's
+header (:mod:`seesr.run.guard`) — all before the weights are loaded — then run the pipeline image by image
+(:func:`seesr.run.job.upscale_image`). A bad file prints ``path: reason`` and the run carries on; the exit code
+is 1 when anything failed. Each output gets a sidecar JSON with everything needed to re-run it (``--from-json``).
 
-Weights: ``--weights DIR`` (``save_pretrained`` / ``seesr download`` folder), else the official parts
-(``--sd2 --seesr --ram --dape ...``) when any is given, else the ``SEESR_WEIGHTS`` environment variable.
-Explicit flags beat the environment so that a stale variable never silently overrides what was typed.
+Weights (:mod:`seesr.run.sources`): ``--weights DIR``, else the official parts (``--sd2 --seesr --ram --dape``),
+else ``SEESR_WEIGHTS``, else the default folder of ``seesr download``.
 """
 
 from __future__ import annotations
@@ -16,22 +15,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from seesr.config import PRESETS  # one preset table for the CLI and the UI
+from seesr.run.sources import NO_WEIGHTS, OFFICIAL_PARTS  # noqa: F401 - NO_WEIGHTS re-exported for tests
 
 logger = logging.getLogger(__name__)
-
-NO_WEIGHTS = (
-    "no weights: pass --weights DIR (made by `seesr download DIR`) or set SEESR_WEIGHTS, "
-    "or give the official parts --sd2 --seesr --ram --dape (and --tag-list --thresholds)"
-)
 
 # flag dest -> SamplingConfig field
 _SAMPLING_FLAGS = {
@@ -51,7 +45,6 @@ _SAMPLING_FLAGS = {
     "timestep_spacing": "timestep_spacing",
 }
 _TILING_FLAGS = ("latent_tile_size", "latent_tile_overlap", "vae_encoder_tile_size", "vae_decoder_tile_size")
-_OFFICIAL_PARTS = ("sd2", "seesr", "ram", "dape", "tag_list", "thresholds", "dape_arch", "turbo_unet")
 
 
 def _start_timestep(value: str) -> int | str:
@@ -178,8 +171,14 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
 # settings
 
 
+# ----------------------------------------------------------------------------------------------------------
+# weights and pipeline
+
+
 @dataclasses.dataclass
 class _Run:
+    """The resolved settings of one ``seesr upscale`` call."""
+
     inputs: list[str]
     sampling: Any
     tiling: Any
@@ -191,56 +190,21 @@ class _Run:
     dtype: str | None
 
 
-def _read_sidecar(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"sidecar not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{p}: not a JSON sidecar ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("sampling"), dict):
-        raise ValueError(f"{p}: not a seesr sidecar (no 'sampling' settings)")
-    return data
-
-
 def _resolve(args: argparse.Namespace) -> _Run:
     from seesr import io
-    from seesr.config import SamplingConfig, TilingConfig, config_from_dict
+    from seesr.run.settings import parse_tags, resolve_configs
+    from seesr.run.sidecar import read_sidecar
 
-    sampling: dict[str, Any] = {}
-    tiling: dict[str, Any] = {}
-    side: dict[str, Any] = {}
-    if args.from_json:
-        side = _read_sidecar(args.from_json)
-        sampling.update(side["sampling"])
-        tiling.update(side.get("tiling") or {})
-    if args.preset:
-        s_over, t_over = PRESETS[args.preset]
-        sampling.update(s_over)
-        tiling.update(t_over)
-    if args.faithful:
-        sampling["faithful"] = True
-        tiling.setdefault("latent_tile_overlap", 4)
-    for flag, field in _SAMPLING_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            sampling[field] = value
-    if args.tile_size is not None:
-        if args.tile_size < 64 or args.tile_size % 8:
-            raise ValueError(f"--tile-size must be a multiple of 8 and >= 64 pixels, got {args.tile_size}")
-        tiling["latent_tile_size"] = args.tile_size // 8
-    for flag in _TILING_FLAGS:
-        if getattr(args, flag) is not None:
-            tiling[flag] = getattr(args, flag)
-    size = tiling.get("latent_tile_size", TilingConfig.latent_tile_size)
-    overlap = tiling.get("latent_tile_overlap", TilingConfig.latent_tile_overlap)
-    if args.latent_tile_overlap is None and overlap >= size:
-        tiling["latent_tile_overlap"] = size // 4  # keep the >= 25 % overlap rule for small tiles
-    where = args.from_json or "flags"
-    sampling_cfg = config_from_dict(SamplingConfig, sampling, where=f"{where}: sampling")
-    tiling_cfg = config_from_dict(TilingConfig, tiling, where=f"{where}: tiling")
-
+    side: dict[str, Any] = read_sidecar(args.from_json) if args.from_json else {}
+    sampling_cfg, tiling_cfg = resolve_configs(
+        preset=args.preset,
+        sidecar=side,
+        sampling={field: getattr(args, flag) for flag, field in _SAMPLING_FLAGS.items()},
+        tiling={flag: getattr(args, flag) for flag in _TILING_FLAGS},
+        tile_px=args.tile_size,
+        faithful=args.faithful,
+        where=args.from_json or "flags",
+    )
     sample_times = args.sample_times if args.sample_times is not None else 1
     if sample_times < 1:
         raise ValueError(f"--sample-times must be >= 1, got {sample_times}")
@@ -249,7 +213,7 @@ def _resolve(args: argparse.Namespace) -> _Run:
     io.check_output_options(fmt, has_alpha=False, bit_depth=bit_depth)
     tags: list[str] | None = None
     if args.tags is not None:
-        tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+        tags = parse_tags(args.tags)
     elif side.get("tags_override"):
         tags = list(side.get("tags") or [])
     inputs = list(args.inputs) or ([side["input"]] if side.get("input") else [])
@@ -272,93 +236,22 @@ def _resolve(args: argparse.Namespace) -> _Run:
     )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# weights and pipeline
+def weights_choice(args: argparse.Namespace) -> Any:
+    """The :class:`seesr.run.sources.WeightsChoice` of ``args`` (shared with ``seesr ui``)."""
+    from seesr.run.sources import choose_weights
 
-
-def _weights_source(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """("pretrained", {"path"}) or ("official", {part: path}); raises `WeightsError` with `NO_WEIGHTS`."""
-    from seesr.errors import WeightsError
-
-    parts = {k: getattr(args, k) for k in _OFFICIAL_PARTS if getattr(args, k) is not None}
-    if args.weights and parts:
-        raise ValueError(
-            f"pass either --weights or the official parts ({', '.join(sorted(parts))}), not both"
-        )
-    if args.weights:
-        if not Path(args.weights).is_dir():
-            raise WeightsError(
-                f"--weights {args.weights}: folder not found (make one with `seesr download DIR`)"
-            )
-        return "pretrained", {"path": args.weights}
-    if parts:
-        missing = [f"--{k}" for k in ("sd2", "seesr") if k not in parts]
-        if missing:
-            raise WeightsError(f"official weights incomplete: also pass {' '.join(missing)}")
-        return "official", {k: parts.get(k) for k in _OFFICIAL_PARTS}
-    env = os.environ.get("SEESR_WEIGHTS")
-    if env:
-        if not Path(env).is_dir():
-            raise WeightsError(f"SEESR_WEIGHTS={env}: folder not found (make one with `seesr download DIR`)")
-        return "pretrained", {"path": env}
-    raise WeightsError(NO_WEIGHTS)
-
-
-def _device_dtype(device: str | None, dtype: str | None) -> tuple[Any, Any]:
-    import torch
-
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(
-            f"--device {device}: unknown device; expected auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__})")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {device}: MPS is not available here")
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if dtype in (None, "auto"):
-        dt = torch.float16 if dev.type == "cuda" else torch.float32
-    else:
-        dt = table[dtype]
-    return dev, dt
+    return choose_weights(
+        weights=args.weights, parts={k: getattr(args, k, None) for k in OFFICIAL_PARTS}, env=os.environ
+    )
 
 
 def _load_pipeline(args: argparse.Namespace, run: _Run) -> Any:
     """Build the SeeSR pipeline from the weights flags (the one place tests replace with a stub)."""
-    kind, where = _weights_source(args)
-    device, dtype = _device_dtype(args.device, run.dtype)
-    from seesr.pipeline.pipeline import SeeSRPipeline
+    from seesr.run.sources import load_pipeline
 
-    if kind == "pretrained":
-        extra = {"turbo": True} if run.preset == "turbo" else {}  # the folder's sd-turbo UNet
-        return SeeSRPipeline.from_pretrained(where["path"], device=device, dtype=dtype, **extra)
-    return SeeSRPipeline.from_official(**where, device=device, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the batch
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for name in ("seesr", "torch", "diffusers", "transformers", "numpy", "pillow"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return load_pipeline(
+        weights_choice(args), device=args.device, dtype=run.dtype or "auto", preset=run.preset
+    )
 
 
 def _reason(err: BaseException, path: Path) -> str:
@@ -415,6 +308,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     from seesr import io
+    from seesr.run.guard import check_input
 
     if not args.output:
         raise ValueError("pass the output folder with -o OUTDIR")
@@ -429,7 +323,6 @@ def _run(args: argparse.Namespace) -> int:
     ]
     max_pixels = args.max_pixels or io.DEFAULT_MAX_PIXELS
     max_out = args.max_output_pixels or io.DEFAULT_MAX_OUTPUT_PIXELS
-    scale = settings.sampling.upscale
 
     failures: list[str] = []
 
@@ -453,17 +346,14 @@ def _run(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            info = io.probe_image(item.path, max_pixels=max_pixels)
-            if info.n_frames > 1 and info.format != "MPO":
-                raise ValueError(f"multi-frame {info.format} ({info.n_frames} frames) is not supported")
-            ow, oh = round(info.width * scale), round(info.height * scale)
-            if ow * oh > max_out:
-                raise ValueError(
-                    f"output would be {ow}x{oh} = {ow * oh} pixels, over the output cap of {max_out} "
-                    "(--max-output-pixels); not processed"
-                )
-            _check_processing_size(info.width, info.height, settings.sampling, max_out)
-            io.check_output_options(settings.fmt, has_alpha=info.has_alpha, bit_depth=settings.bit_depth)
+            check_input(
+                item.path,
+                settings.sampling,
+                max_pixels=max_pixels,
+                max_output_pixels=max_out,
+                fmt=settings.fmt,
+                bit_depth=settings.bit_depth,
+            )
         except (ValueError, OSError) as err:
             fail(item.path, _reason(err, item.path))
             continue
@@ -506,21 +396,6 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _check_processing_size(width: int, height: int, sampling: Any, max_out: int) -> None:
-    """Refuse inputs the pipeline would have to enlarge past the output cap (e.g. 1x40000: a side under
-    process_size/upscale is enlarged first, spec §1.3 step 4), before any model work."""
-    from seesr.pipeline.sizing import plan_sizes
-
-    plan = plan_sizes((width, height), sampling.upscale, sampling.process_size)
-    pw, ph = plan.processed
-    if pw * ph > max_out:
-        raise ValueError(
-            f"{width}x{height} would be processed at {pw}x{ph} = {pw * ph} pixels (sides under "
-            f"process_size/upscale = {int(sampling.process_size // sampling.upscale)} px are enlarged first), "
-            f"over the output cap of {max_out}; lower --process-size or pad/crop the image"
-        )
-
-
 def _emit(line: str) -> None:
     try:
         from tqdm import tqdm
@@ -528,12 +403,6 @@ def _emit(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
     except ImportError:  # pragma: no cover
         print(line, file=sys.stderr)
-
-
-def _utf8_writer(text: str) -> Callable[[BinaryIO], object]:
-    """A ``write`` callback for ``io.atomic_write`` that writes ``text`` as UTF-8 (bound now, not at call time)."""
-    data = text.encode("utf-8")
-    return lambda f: f.write(data)
 
 
 def _free_memory() -> None:
@@ -545,15 +414,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _process(
     pipe: Any,
     item: Any,
@@ -563,12 +423,10 @@ def _process(
     max_pixels: int,
 ) -> int:
     """Load one input, run every pending sample, write image + sidecar (+ prompt). Returns files written."""
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
     from seesr import io
-    from seesr.config import config_to_dict
+    from seesr.run.job import OutputTarget, upscale_image
 
     img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
     for note in img.warnings:
@@ -580,11 +438,18 @@ def _process(
             img.bit_depth,
             settings.bit_depth,
         )
-    lr = torch.from_numpy(img.rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
-    extra = {"show_progress": False} if _accepts(pipe, "show_progress") else {}  # our bar replaces its own
     written = 0
     for k, plan in todo:
         sampling = dataclasses.replace(settings.sampling, seed=settings.sampling.seed + k)
+        target = OutputTarget(
+            image=plan.output,
+            sidecar=plan.sidecar,
+            format=settings.fmt,
+            bit_depth=settings.bit_depth,
+            prompt_text=plan.output.parent / "txt" / (plan.output.stem + ".txt")
+            if args.save_prompts
+            else None,
+        )
         steps = tqdm(
             total=sampling.num_inference_steps, desc="  steps", leave=False, disable=None, file=sys.stderr
         )
@@ -595,59 +460,19 @@ def _process(
             bar.refresh()
 
         try:
-            result = pipe(
-                lr, sampling=sampling, tiling=settings.tiling, tags=settings.tags, callback=callback, **extra
+            upscale_image(
+                pipe,
+                img,
+                target,
+                sampling=sampling,
+                tiling=settings.tiling,
+                tags=settings.tags,
+                preset=settings.preset,
+                input_name=str(item.path),
+                callback=callback,
+                extra={"sample_index": k, "dtype_requested": settings.dtype},
             )
         finally:
             steps.close()
-        sr = result.image
-        if hasattr(sr, "detach"):
-            sr = sr.detach().to("cpu", torch.float32)[0].permute(1, 2, 0).numpy()
-        sr = np.asarray(sr, dtype=np.float32)
-        h, w = sr.shape[:2]
-        alpha = None if img.alpha is None else io.upscale_alpha(img.alpha, (w, h))
-        plan.output.parent.mkdir(parents=True, exist_ok=True)
-        io.save_image(
-            plan.output,
-            sr,
-            alpha=alpha,
-            bit_depth=settings.bit_depth,
-            grey=img.is_grey,
-            format=settings.fmt,
-            icc_profile=img.icc_profile,
-        )
-        record = {
-            "seesr_sidecar": 1,
-            "input": str(item.path),
-            "output": str(plan.output),
-            "input_size": list(img.size),
-            "output_size": [w, h],
-            "input_bit_depth": img.bit_depth,
-            "bit_depth": settings.bit_depth,
-            "format": settings.fmt,
-            "grey": img.is_grey,
-            "alpha": img.alpha is not None,
-            "icc_profile_carried": img.icc_profile is not None,
-            "input_warnings": list(img.warnings),
-            "preset": settings.preset,
-            "seed": sampling.seed,
-            "sample_index": k,
-            "tags": list(result.tags),
-            "tags_override": settings.tags is not None,
-            "prompt": result.prompt,
-            "sampling": config_to_dict(sampling),
-            "tiling": config_to_dict(settings.tiling),
-            "settings": result.settings,
-            "device": str(getattr(pipe, "device", args.device or "auto")),
-            "dtype": str(getattr(pipe, "dtype", "")),
-            "dtype_requested": settings.dtype,
-            "versions": _versions(),
-        }
-        text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
-        io.atomic_write(plan.sidecar, _utf8_writer(text))
-        if args.save_prompts:
-            txt = plan.output.parent / "txt" / (plan.output.stem + ".txt")
-            txt.parent.mkdir(parents=True, exist_ok=True)
-            io.atomic_write(txt, _utf8_writer(result.prompt))
         written += 1
     return written

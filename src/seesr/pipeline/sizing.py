@@ -28,15 +28,29 @@ class SizePlan:
         return self.processed[1] // 8, self.processed[0] // 8
 
 
-def plan_sizes(lr_wh: tuple[int, int], upscale: float, process_size: int) -> SizePlan:
+#: The library's own cap on the processed image (pixels); ``plan_sizes`` refuses larger work before any model
+#: runs. Equal to the CLI's default output cap (``seesr.io.DEFAULT_MAX_OUTPUT_PIXELS``).
+DEFAULT_MAX_PROCESSED_PIXELS = 16384 * 16384
+
+
+def plan_sizes(
+    lr_wh: tuple[int, int],
+    upscale: float,
+    process_size: int,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PROCESSED_PIXELS,
+) -> SizePlan:
     """The official size chain: enlarge small inputs, x upscale, floor to a multiple of 8.
 
     If a side is below ``process_size // upscale`` the LR is enlarged so that its short side reaches it
     (``int()`` truncation, as official); then it is scaled by ``upscale`` and floored to a multiple of 8. The
     final output is resized to ``round(lr * upscale)`` (official: ``lr * upscale`` for the integer factor 4).
 
+    A thin input (e.g. 4x8192) is enlarged until its short side reaches ``process_size // upscale``, so its
+    processed size can be far larger than its output; ``max_pixels`` refuses that before any work is done.
+
     Raises:
-        ValueError: the processed image would be smaller than 8 px on a side.
+        ValueError: the processed image would be smaller than 8 px on a side, or larger than ``max_pixels``.
     """
     w, h = lr_wh
     if w < 1 or h < 1:
@@ -47,6 +61,12 @@ def plan_sizes(lr_wh: tuple[int, int], upscale: float, process_size: int) -> Siz
         s = min_side / min(w, h)
         ew, eh = int(s * w), int(s * h)
     uw, uh = int(round(ew * upscale)), int(round(eh * upscale))
+    if max_pixels is not None and uw * uh > max_pixels:
+        raise ValueError(
+            f"image of {w}x{h} px would be processed at {uw}x{uh} = {uw * uh:,} px (sides under "
+            f"process_size/upscale = {min_side} px are enlarged first), over the cap of {max_pixels:,} px; "
+            "lower process_size or pad/crop the image"
+        )
     pw, ph = uw // 8 * 8, uh // 8 * 8
     if pw < 8 or ph < 8:
         raise ValueError(
