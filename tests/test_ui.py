@@ -116,7 +116,7 @@ def _run_args(state, tags, **over):
         "seed": 7,
         "scale": 4,
         "color_fix": "adain",
-        "tile": 96,
+        "tile": 768,
         "prompt": "",
         "negative": "dotted, noise",
     }
@@ -149,7 +149,7 @@ def test_make_configs_maps_every_knob_and_preset():
         seed=11,
         scale=2.5,
         color_fix="wavelet",
-        tile_size=64,
+        tile_size=512,
         prompt="a cup",
         negative_prompt="blur",
     )
@@ -157,25 +157,25 @@ def test_make_configs_maps_every_knob_and_preset():
     assert (s.color_fix, s.prompt, s.negative_prompt, s.faithful) == ("wavelet", "a cup", "blur", False)
     assert t.latent_tile_size == 64 and t.latent_tile_overlap >= 64 // 4  # DESIGN.md §8: overlap >= 25 %
     f, ft = make_configs(preset="faithful", steps=50, guidance=5.5, seed=1, scale=4, color_fix="adain",
-                         tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+                         tile_size=768, prompt="", negative_prompt="")  # fmt: skip
     assert f.faithful is True and ft.latent_tile_overlap == 4  # the official overlap
     tb, tt = make_configs(preset="turbo", steps=2, guidance=1.0, seed=1, scale=4, color_fix="adain",
-                          tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+                          tile_size=768, prompt="", negative_prompt="")  # fmt: skip
     assert tb.timestep_spacing == "trailing" and tt.latent_tile_overlap == 32 and tb.guidance_scale == 1.0
     ho, _ = make_configs(preset="hard-only", steps=3, guidance=2.0, seed=1, scale=4, color_fix="adain",
-                         tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+                         tile_size=768, prompt="", negative_prompt="")  # fmt: skip
     assert ho.prompt_mode == "hard_only" and ho.num_inference_steps == 3  # knobs win over the preset
     nl, _ = make_configs(preset="no-lre", steps=3, guidance=2.0, seed=1, scale=4, color_fix="adain",
-                         tile_size=96, prompt="", negative_prompt="")  # fmt: skip
+                         tile_size=768, prompt="", negative_prompt="")  # fmt: skip
     assert nl.start_point == "noise"
     with pytest.raises(ValueError, match="preset must be one of"):
-        make_configs(preset="fast", steps=1, guidance=1, seed=1, scale=4, color_fix="adain", tile_size=96,
+        make_configs(preset="fast", steps=1, guidance=1, seed=1, scale=4, color_fix="adain", tile_size=768,
                      prompt="", negative_prompt="")  # fmt: skip
     with pytest.raises(ValueError, match="seed must be"):
-        make_configs(preset="default", steps=1, guidance=1, seed=-3, scale=4, color_fix="adain", tile_size=96,
+        make_configs(preset="default", steps=1, guidance=1, seed=-3, scale=4, color_fix="adain", tile_size=768,
                      prompt="", negative_prompt="")  # fmt: skip
     with pytest.raises(ValueError, match="color_fix"):
-        make_configs(preset="default", steps=1, guidance=1, seed=1, scale=4, color_fix="magic", tile_size=96,
+        make_configs(preset="default", steps=1, guidance=1, seed=1, scale=4, color_fix="magic", tile_size=768,
                      prompt="", negative_prompt="")  # fmt: skip
 
 
@@ -186,7 +186,7 @@ def test_run_writes_png_and_sidecar_with_progress(tmp_path, coffee):
     stub = StubPipeline()
     ctl = UIController(stub, output_dir=tmp_path)
     image = ctl.load(coffee)
-    assert image.size == (64, 48) and image.rgb.dtype == np.float32
+    assert image.size == (64, 48) and image.preview.dtype == np.uint8 and image.preview.shape == (48, 64, 3)
     assert ctl.extract_tags(image) == ["cup", "coffee", "table"]
     seen: list[tuple[int, int]] = []
     sampling = SamplingConfig(num_inference_steps=3, seed=5)
@@ -219,7 +219,6 @@ def test_edited_tags_reach_the_pipeline(tmp_path, coffee):
     assert stub.calls[-1]["tags"] == ["cup", "espresso"]
     side = json.loads(out.sidecar_path.read_text())
     assert side["tags"] == ["cup", "espresso"] and side["tags_override"] is True
-    assert side["dape_tags"] == ["cup", "coffee", "table"]
     ctl.run(image, tags=[], sampling=SamplingConfig(num_inference_steps=1), tiling=TilingConfig())
     assert stub.calls[-1]["tags"] == []  # all tags removed: an empty tag list, not DAPE's
 
@@ -233,7 +232,7 @@ def test_ui_sidecar_reruns_with_seesr_upscale_from_json(tmp_path, coffee, monkey
     image = ctl.load(coffee)
     ctl.extract_tags(image)
     sampling, tiling = make_configs(preset="faithful", steps=4, guidance=3.5, seed=99, scale=2, color_fix="wavelet",
-                                    tile_size=64, prompt="a cup", negative_prompt="blur")  # fmt: skip
+                                    tile_size=512, prompt="a cup", negative_prompt="blur")  # fmt: skip
     out = ctl.run(image, tags=["cup", "espresso"], sampling=sampling, tiling=tiling, preset="faithful")
     monkeypatch.setattr(upscale, "_load_pipeline", lambda args, run: cli_stub)
     argv = ["upscale", str(coffee), "-o", str(tmp_path / "cli"), "--from-json", str(out.sidecar_path)]
@@ -283,7 +282,7 @@ def test_output_cap_refused_before_model_work(tmp_path, coffee):
     stub = StubPipeline()
     ctl = UIController(stub, output_dir=tmp_path, max_output_pixels=100_000)
     image = ctl.load(coffee)
-    with pytest.raises(ValueError, match=r"512x384 = 196,608 px, over the cap of 100,000"):
+    with pytest.raises(ValueError, match=r"512x384 = 196608 pixels, over the output cap of 100000"):
         ctl.run(image, tags=None, sampling=SamplingConfig(upscale=8), tiling=TilingConfig())
     assert stub.calls == []
 
@@ -444,7 +443,7 @@ def test_app_run_without_upload_and_bad_knob(tmp_path, coffee):
     assert "Upload an image first" in on_run(*_run_args(None, []), REQ)[3]
     state, _, tags_update, *_ = _handler(app, "on_file").fn(str(coffee), REQ)
     slider, _, _, status = on_run(*_run_args(state, tags_update["value"], tile=4), REQ)
-    assert slider is None and status == "**Error:** latent_tile_size must be &gt;= 8, got 4"
+    assert slider is None and status == "**Error:** tile size must be a multiple of 8 and &gt;= 64 pixels, got 4"
 
 
 def test_weights_missing_page(tmp_path, coffee):
@@ -495,7 +494,7 @@ def test_cli_binds_localhost_without_share_by_default(launches, tmp_path):
     assert call["server_name"] == "127.0.0.1" and call["share"] is False and call["ssr_mode"] is False
     assert call["prevent_thread_lock"] is False  # `seesr ui` blocks until Ctrl-C
     ctl = call["app"].seesr_controller
-    assert not ctl.ready and "no weights: pass --weights DIR" in ctl.load_error
+    assert not ctl.ready and "no weights in the default folder" in ctl.load_error
 
 
 def test_cli_share_and_port_only_when_asked(launches, tmp_path):
@@ -569,7 +568,7 @@ def test_cli_serves_the_page_in_a_subprocess(tmp_path):
         texts = " ".join(
             str(c["props"].get("value")) for c in config["components"] if c.get("type") == "markdown"
         )
-        assert "no weights: pass --weights DIR" in texts
+        assert "no weights in the default folder" in texts
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
@@ -608,5 +607,5 @@ def test_tiny_pipeline_through_the_ui(tmp_path, fixtures_dir):
     assert after.shape == before.shape == (96, 128, 3) and after.std() > 0
     assert prompt.startswith(", ".join(edited))
     side = json.loads(Path(files[1]).read_text())
-    assert side["tags"] == edited and side["dape_tags"] == dape_tags and side["tags_override"] is True
+    assert side["tags"] == edited and side["tags_override"] is True
     assert side["settings"]["sampling"]["seed"] == 7 and side["settings"]["sizes"]["target"] == [128, 96]

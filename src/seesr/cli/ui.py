@@ -69,18 +69,19 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(run=run)
 
 
+def _preset(args: argparse.Namespace) -> str:
+    return "turbo" if args.turbo or args.turbo_unet else "default"
+
+
 def load_pipeline(args: argparse.Namespace) -> Any:
     """Load the SeeSRPipeline exactly as `seesr upscale` resolves weights, device and dtype (one path)."""
-    from seesr.cli.upscale import _device_dtype, _weights_source
-    from seesr.pipeline.pipeline import SeeSRPipeline
+    from seesr.cli.upscale import weights_choice
+    from seesr.pipeline.devices import resolve_device_dtype
+    from seesr.run.sources import load_pipeline as load
 
-    kind, where = _weights_source(args)
-    device, dtype = _device_dtype(args.device, args.dtype)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     print(f"seesr ui: loading weights on {device} ({str(dtype).removeprefix('torch.')})…", file=sys.stderr)
-    if kind == "pretrained":
-        extra = {"turbo": True} if args.turbo else {}
-        return SeeSRPipeline.from_pretrained(where["path"], device=device, dtype=dtype, **extra)
-    return SeeSRPipeline.from_official(**where, device=device, dtype=dtype)
+    return load(weights_choice(args), device=device, dtype=dtype, preset=_preset(args))
 
 
 def _example_files(paths: list[Path]) -> list[Path]:
@@ -102,15 +103,16 @@ def run(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError as err:
         raise ImportError("seesr ui needs gradio: pip install 'seesr[ui]'") from err
-    from seesr.cli.upscale import _weights_source
+    from seesr.cli.upscale import weights_choice
     from seesr.errors import WeightsError
+    from seesr.run.sources import check_choice
     from seesr.ui.app import WEIGHTS_HELP, build_app, serve
 
     pipeline = None
     load_error = None
     # Conflicting flags stay a one-line CLI error (ValueError); missing weights are explained in the page.
     try:
-        _weights_source(args)
+        check_choice(weights_choice(args), preset=_preset(args))
     except WeightsError as err:
         load_error = f"Cannot load SeeSR: {err}."
     if load_error is None:
@@ -128,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         max_input_pixels=args.max_pixels,
         max_output_pixels=args.max_output_pixels,
-        default_preset="turbo" if args.turbo or args.turbo_unet else "default",
+        default_preset=_preset(args),
+        dtype_requested=args.dtype,
     )
     if args.share:
         print(

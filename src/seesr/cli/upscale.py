@@ -467,10 +467,10 @@ def _process(
                 sampling=sampling,
                 tiling=settings.tiling,
                 tags=settings.tags,
-                preset=settings.preset,
+                preset=settings.preset or "default",
                 input_name=str(item.path),
                 callback=callback,
-                extra={"sample_index": k, "dtype_requested": settings.dtype},
+                extra={"sample_index": k, "dtype_requested": settings.dtype or "auto"},
             )
         finally:
             steps.close()

@@ -31,6 +31,12 @@ class SizePlan:
 #: The library's own cap on the processed image (pixels); ``plan_sizes`` refuses larger work before any model
 #: runs. Equal to the CLI's default output cap (``seesr.io.DEFAULT_MAX_OUTPUT_PIXELS``).
 DEFAULT_MAX_PROCESSED_PIXELS = 16384 * 16384
+#: Enlarging a small input is the official behaviour, but a thin strip (8x1200) would be processed at ~39 Mpx for
+#: a 0.15 Mpx result. Enlargement is refused once the processed image is both over ``ENLARGEMENT_FREE_PIXELS``
+#: and more than ``MAX_ENLARGEMENT_RATIO`` times the output (a 32x32 input, processed at 512x512 for a 128x128
+#: output, is 16x and stays allowed).
+ENLARGEMENT_FREE_PIXELS = 4 * 1024 * 1024
+MAX_ENLARGEMENT_RATIO = 16
 
 
 def plan_sizes(
@@ -61,10 +67,17 @@ def plan_sizes(
         s = min_side / min(w, h)
         ew, eh = int(s * w), int(s * h)
     uw, uh = int(round(ew * upscale)), int(round(eh * upscale))
-    if max_pixels is not None and uw * uh > max_pixels:
+    target = (max(1, int(round(w * upscale))), max(1, int(round(h * upscale))))
+    runaway = (ew, eh) != (w, h) and uw * uh > max(
+        ENLARGEMENT_FREE_PIXELS, MAX_ENLARGEMENT_RATIO * target[0] * target[1]
+    )
+    if runaway or (max_pixels is not None and uw * uh > max_pixels):
+        limit = "over the cap of " + (
+            f"{max_pixels}" if not runaway else f"{MAX_ENLARGEMENT_RATIO}x its output"
+        )
         raise ValueError(
-            f"image of {w}x{h} px would be processed at {uw}x{uh} = {uw * uh:,} px (sides under "
-            f"process_size/upscale = {min_side} px are enlarged first), over the cap of {max_pixels:,} px; "
+            f"{w}x{h} would be processed at {uw}x{uh} = {uw * uh} pixels (sides under "
+            f"process_size/upscale = {min_side} px are enlarged first), {limit}; "
             "lower process_size or pad/crop the image"
         )
     pw, ph = uw // 8 * 8, uh // 8 * 8
@@ -73,7 +86,6 @@ def plan_sizes(
             f"image of {w}x{h} px becomes {uw}x{uh} px after x{upscale}: too small to process "
             f"(need >= 8 px per side; raise process_size)"
         )
-    target = (max(1, int(round(w * upscale))), max(1, int(round(h * upscale))))
     return SizePlan(lr=(w, h), enlarged=(ew, eh), upscaled=(uw, uh), processed=(pw, ph), target=target)
 
 

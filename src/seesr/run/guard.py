@@ -28,14 +28,7 @@ def check_size(width: int, height: int, sampling: Any, max_output_pixels: int) -
             f"output would be {ow}x{oh} = {ow * oh} pixels, over the output cap of {max_output_pixels} "
             "(--max-output-pixels); not processed"
         )
-    plan = plan_sizes((width, height), sampling.upscale, sampling.process_size, max_pixels=None)
-    pw, ph = plan.processed
-    if pw * ph > max_output_pixels:
-        raise ValueError(
-            f"{width}x{height} would be processed at {pw}x{ph} = {pw * ph} pixels (sides under "
-            f"process_size/upscale = {int(sampling.process_size // sampling.upscale)} px are enlarged first), "
-            f"over the output cap of {max_output_pixels}; lower the process size or pad/crop the image"
-        )
+    plan_sizes((width, height), sampling.upscale, sampling.process_size, max_pixels=max_output_pixels)
 
 
 def check_input(

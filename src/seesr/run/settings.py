@@ -9,7 +9,7 @@ hold latent pixels. When a tile size is chosen and no overlap is, the overlap co
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from seesr.config import PRESETS, SamplingConfig, TilingConfig, config_from_dict
@@ -97,7 +97,7 @@ def resolve_configs(
     )
 
 
-def parse_tags(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
+def parse_tags(text: str | Sequence[str] | None) -> list[str]:
     """Tags typed by a person: split on commas, collapse spaces, drop empties and repeats (order kept)."""
     import re
 

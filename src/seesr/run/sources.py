@@ -138,5 +138,6 @@ def load_pipeline(
     dev, dt = resolve_device_dtype(device, dtype)
     if choice.kind == "folder":
         extra = {"turbo": True} if preset == "turbo" else {}
+        assert choice.folder is not None
         return SeeSRPipeline.from_pretrained(choice.folder, device=dev, dtype=dt, **extra)
     return SeeSRPipeline.from_official(**dict(choice.parts), device=dev, dtype=dt)

@@ -20,7 +20,6 @@ from seesr.ui.controller import (
     UIController,
     make_configs,
     preset_knobs,
-    preview_u8,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +54,7 @@ def build_app(
     max_output_pixels: int | None = None,
     sampling_defaults: SamplingConfig | None = None,
     default_preset: str = "default",
+    dtype_requested: str = "auto",
     title: str = "SeeSR — semantics-aware real-world super-resolution",
 ) -> "gr.Blocks":
     """Build the page (not launched); start it with :func:`serve`.
@@ -69,6 +69,7 @@ def build_app(
         max_output_pixels: pixel cap of a result, checked before any model work (default: seesr.io's).
         sampling_defaults: initial knob values and every setting without a knob (e.g. ``process_size``).
         default_preset: the preset selected when the page opens (one of ``seesr upscale --preset``'s).
+        dtype_requested: the ``--dtype`` the weights were loaded with (recorded in sidecars, as the CLI does).
 
     Returns:
         A ``gradio.Blocks`` with its queue configured for one job at a time (start it with :func:`serve`). The
@@ -83,6 +84,7 @@ def build_app(
         output_dir=output_dir,
         max_input_pixels=max_input_pixels,
         max_output_pixels=max_output_pixels,
+        dtype_requested=dtype_requested,
     )
     if default_preset not in PRESETS:
         raise ValueError(f"default_preset must be one of {', '.join(PRESETS)}; got {default_preset!r}")
@@ -106,7 +108,7 @@ def build_app(
             # Name the file as the user knows it, not by Gradio's temporary upload path.
             text = str(err).replace(path, os.path.basename(path))
             return (None, None, no_tags, _msg("error", f"Cannot use this file: {text}"), *cleared)
-        preview = preview_u8(image.rgb)
+        preview = image.preview
         w, h = image.size
         if not ctl.ready:
             return (image, preview, no_tags, _msg("error", ctl.load_error or WEIGHTS_HELP), *cleared)
@@ -120,7 +122,7 @@ def build_app(
         status = (
             f"Loaded {image.name} ({w}x{h}). DAPE found {len(tags)} tag(s); edit them, then press Upscale."
         )
-        notes = tuple(getattr(image.loaded, "warnings", ()) or ())
+        notes = image.warnings
         if notes:
             status += " Warning: " + "; ".join(notes)
         return (image, preview, gr.update(choices=tags, value=tags), _msg("ok", status), *cleared)
@@ -264,11 +266,11 @@ def build_app(
                         elem_id="seesr-color-fix",
                     )
                     tile = gr.Slider(
-                        32,
                         256,
-                        value=tiling_defaults.latent_tile_size,
-                        step=8,
-                        label="Tile size (latent px = 8 image px)",
+                        2048,
+                        value=tiling_defaults.latent_tile_size * 8,
+                        step=64,
+                        label="Tile size (image px, as --tile-size)",
                         elem_id="seesr-tile",
                     )
                     prompt = gr.Textbox(

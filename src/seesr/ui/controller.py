@@ -7,26 +7,33 @@ edited before a run, the seed and tile size are honoured, progress is reported p
 between steps, and the result is written as a PNG plus a sidecar JSON. Failures raise; the page turns them into
 one line (see :mod:`seesr.ui.app`). :class:`UIController` holds a lock so that model work runs one job at a time,
 even when Gradio has already dropped a cancelled event whose worker thread is still finishing its step.
+
+Everything a run shares with ``seesr upscale`` comes from :mod:`seesr.run`: settings resolution (tile size in
+image pixels, one overlap rule), the input guard (a thin strip that would be enlarged to gigapixels is refused
+before any model work), and "run one image, write image + sidecar" — so a UI result is the CLI's, byte for byte.
+A session keeps only the upload's path, a bounded preview and the tags; the pixels are decoded again for a run,
+so an idle session holds a few megabytes whatever the photo's size. Result folders beyond ``keep_runs`` are
+deleted, and a temporary results folder is removed when the controller goes away.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
-import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seesr.config import PRESETS, SamplingConfig, TilingConfig, config_to_dict
+from seesr.config import PRESETS, SamplingConfig, TilingConfig
+from seesr.run.settings import parse_tags, resolve_configs
 
 logger = logging.getLogger(__name__)
 
@@ -43,32 +50,31 @@ class Cancelled(Exception):
 
 @dataclasses.dataclass
 class InputImage:
-    """One decoded upload, kept in the page's session state.
+    """One upload, kept in the page's session state (bounded: no full-size pixels are kept).
 
     Attributes:
         name: file name shown to the user and used for the download names.
-        rgb: (H,W,3) float32 in [0,1], sRGB, EXIF-oriented (from :func:`seesr.io.load_image`).
-        loaded: the full :class:`seesr.io.LoadedImage` (alpha, grey flag, ...) for saving.
+        path: where the upload lies (decoded again by :mod:`seesr.io` for each run).
+        size: (width, height) of the upright image in pixels.
+        preview: (h, w, 3) uint8 thumbnail, long side <= 1024.
+        warnings: decoder notes worth showing.
         auto_tags: DAPE's tags for this image (empty until extracted).
     """
 
     name: str
-    rgb: np.ndarray
-    loaded: Any
+    path: Path
+    size: tuple[int, int]
+    preview: np.ndarray
+    warnings: tuple[str, ...] = ()
     auto_tags: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) in pixels."""
-        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
 
 
 @dataclasses.dataclass
 class RunOutput:
     """What one run hands back to the page."""
 
-    before: np.ndarray  # (H,W,3) uint8: the input resized to the output size (bicubic), for the slider
-    after: np.ndarray  # (H,W,3) uint8: the super-resolved image
+    before: np.ndarray  # (h,w,3) uint8: the input resized (bicubic) to the slider's size
+    after: np.ndarray  # (h,w,3) uint8: the super-resolved image at the slider's size (long side <= max_side)
     image_path: Path
     sidecar_path: Path
     prompt: str
@@ -79,19 +85,6 @@ class RunOutput:
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """(H,W,3) float in [0,1] -> uint8 with rounding (the pipeline's output convention, spec §9 item 22)."""
     return np.clip(np.rint(np.asarray(rgb, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def parse_tags(text: str | Sequence[str] | None) -> list[str]:
-    """Normalise the tag editor's value: split on commas, strip, drop empties and repeats (order kept)."""
-    if text is None:
-        return []
-    items = text.split(",") if isinstance(text, str) else [s for t in text for s in str(t).split(",")]
-    out: list[str] = []
-    for item in items:
-        tag = re.sub(r"\s+", " ", item).strip()
-        if tag and tag not in out:
-            out.append(tag)
-    return out
 
 
 def make_configs(
@@ -109,12 +102,9 @@ def make_configs(
 ) -> tuple[SamplingConfig, TilingConfig]:
     """Turn the page's knobs into the run configs; invalid values raise ``ValueError`` naming them.
 
-    Order of precedence as in the CLI: ``base`` (every field without a knob: process size, added prompt,
-    scheduler, ...) < the preset's overrides < the knobs.
+    ``tile_size`` is in image pixels, as ``seesr upscale --tile-size``. Precedence as in the CLI
+    (:func:`seesr.run.settings.resolve_configs`): ``base`` (fields without a knob) < the preset < the knobs.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-    sampling_over, tiling_over = PRESETS[preset]
     try:
         steps_i, seed_i, tile_i = int(steps), int(seed), int(tile_size)
     except (TypeError, ValueError) as err:
@@ -132,14 +122,7 @@ def make_configs(
         "negative_prompt": negative_prompt or "",
         "seed": seed_i,
     }
-    sampling = dataclasses.replace(base or SamplingConfig(), **{**sampling_over, **knobs})
-    if "latent_tile_overlap" in tiling_over:
-        overlap = int(tiling_over["latent_tile_overlap"])  # e.g. faithful: the official 4
-    else:
-        # DESIGN.md §8: the default overlap, kept at >= 25 % (here 1/3) of a smaller tile.
-        overlap = min(TilingConfig().latent_tile_overlap, max(tile_i // 3, 1))
-    tiling = TilingConfig(latent_tile_size=tile_i, latent_tile_overlap=min(overlap, tile_i - 1))
-    return sampling, tiling
+    return resolve_configs(preset=preset, sampling=knobs, tile_px=tile_i, base=base, where="page")
 
 
 def preset_knobs(preset: str, defaults: SamplingConfig) -> tuple[int, float]:
@@ -170,6 +153,10 @@ def _resize_u8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
 
 
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _safe_stem(name: str) -> str:
     stem = Path(name).stem or "image"
     return re.sub(r"[^\w.-]+", "_", stem)[:80] or "image"
@@ -180,12 +167,15 @@ class UIController:
 
     Args:
         pipeline: a loaded pipeline (anything with ``extract_tags(image)`` and ``__call__(image, sampling=,
-            tiling=, tags=, callback=)`` as :class:`SeeSRPipeline`), or a zero-argument factory returning one
-            (called on first use; its error is shown in the page), or ``None`` when no weights were given.
+            tiling=, tags=, callback=, show_progress=)`` as :class:`SeeSRPipeline`), or a zero-argument factory
+            returning one (called on first use; its error is shown in the page), or ``None`` without weights.
         load_error: message shown instead of running when ``pipeline`` is ``None``.
-        output_dir: where result files are written (a fresh temporary folder by default).
+        output_dir: where result files are written (a temporary folder, removed with the controller, by default).
         max_input_pixels: input pixel cap, checked before decoding.
-        max_output_pixels: output pixel cap, checked before any model work.
+        max_output_pixels: output (and processing) pixel cap, checked before any model work.
+        keep_runs: result folders kept; older ones are deleted (the downloads of a page are the newest runs).
+        dtype_requested: the ``--dtype`` the weights were loaded with, recorded in the sidecar as the CLI does.
+        max_side: long side of the arrays handed to the before/after slider (the full result is the download).
     """
 
     def __init__(
@@ -196,6 +186,9 @@ class UIController:
         output_dir: str | os.PathLike[str] | None = None,
         max_input_pixels: int | None = None,
         max_output_pixels: int | None = None,
+        keep_runs: int = 20,
+        dtype_requested: str = "auto",
+        max_side: int = 2048,
     ) -> None:
         from seesr import io as sio
 
@@ -209,17 +202,27 @@ class UIController:
             raise ValueError(
                 f"pipeline must be a SeeSRPipeline, a factory returning one, or None; got {pipeline!r}"
             )
+        if keep_runs < 1:
+            raise ValueError(f"keep_runs must be >= 1, got {keep_runs}")
         self.load_error = load_error if pipeline is None else None
         if pipeline is None and not self.load_error:
             self.load_error = "No SeeSR weights were given. " + WEIGHTS_HELP
-        self.output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="seesr-ui-"))
+        if output_dir:
+            self.output_dir = Path(output_dir)
+        else:
+            self.output_dir = Path(tempfile.mkdtemp(prefix="seesr-ui-"))
+            weakref.finalize(self, _remove_tree, str(self.output_dir))
         # The CLI's caps by default (seesr.io), so the UI refuses exactly what `seesr upscale` refuses.
         self.max_input_pixels = int(max_input_pixels or sio.DEFAULT_MAX_PIXELS)
         self.max_output_pixels = int(max_output_pixels or sio.DEFAULT_MAX_OUTPUT_PIXELS)
+        self.keep_runs = keep_runs
+        self.dtype_requested = dtype_requested
+        self.max_side = max_side
         # One model job at a time, even when Gradio has already dropped a cancelled event.
         self._model_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
         self._run_counter = 0
+        self._runs: list[Path] = []
 
     # -- weights ---------------------------------------------------------------------------------------------
 
@@ -243,24 +246,36 @@ class UIController:
 
     # -- input -----------------------------------------------------------------------------------------------
 
+    def _decode(self, path: Path) -> Any:
+        from seesr.io import load_image
+
+        return load_image(path, max_pixels=self.max_input_pixels)
+
     def load(self, path: str | os.PathLike[str]) -> InputImage:
-        """Decode an upload with :func:`seesr.io.load_image` (pixel cap before decoding, truncated files refused).
+        """Decode an upload with :func:`seesr.io.load_image` (pixel cap before decoding, truncated files refused)
+        and keep only what the page needs (path, size, preview, warnings).
 
         Raises:
             ValueError / FileNotFoundError: from :mod:`seesr.io`, with a message naming the file and the problem.
         """
-        from seesr.io import load_image
-
         path = Path(path)
-        loaded = load_image(path, max_pixels=self.max_input_pixels)
-        rgb = np.asarray(loaded.rgb, dtype=np.float32)
+        loaded = self._decode(path)
+        rgb = loaded.rgb
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"{path.name}: expected an (H,W,3) image from seesr.io, got shape {rgb.shape}")
-        return InputImage(name=path.name, rgb=rgb, loaded=loaded)
+        return InputImage(
+            name=path.name,
+            path=path,
+            size=loaded.size,
+            preview=preview_u8(rgb),
+            warnings=tuple(loaded.warnings),
+        )
 
     def extract_tags(self, image: InputImage) -> list[str]:
         """DAPE's tags for ``image`` (the same call the pipeline makes when no tags are given)."""
-        tensor = _to_tensor(image.rgb)
+        from seesr.run.job import image_tensor
+
+        tensor = image_tensor(self._decode(image.path).rgb)
         with self._model_lock:
             tags = list(self.pipeline().extract_tags(tensor))
         image.auto_tags = tags
@@ -295,15 +310,14 @@ class UIController:
             session: key under which :meth:`cancel` finds this job.
 
         Raises:
-            ValueError: output too large or invalid settings. Cancelled: the user pressed Cancel.
+            ValueError: output or processing size too large, or invalid settings. Cancelled: the user pressed
+            Cancel.
         """
+        from seesr.run.guard import check_size
+        from seesr.run.job import OutputTarget, upscale_image
+
         w, h = image.size
-        out_w, out_h = round(w * sampling.upscale), round(h * sampling.upscale)
-        if out_w * out_h > self.max_output_pixels:
-            raise ValueError(
-                f"output would be {out_w}x{out_h} = {out_w * out_h:,} px, over the cap of "
-                f"{self.max_output_pixels:,} px; lower the scale or use a smaller image"
-            )
+        check_size(w, h, sampling, self.max_output_pixels)  # before any model work, as the CLI
         edited = parse_tags(tags) if tags is not None else None
         # Unedited tags go through the pipeline's own DAPE path, so the UI run equals a CLI run without --tags.
         pass_tags = None if edited is None or edited == image.auto_tags else edited
@@ -317,117 +331,51 @@ class UIController:
             if progress is not None:
                 progress(step, total)
 
-        tensor = _to_tensor(image.rgb)
-        start = time.perf_counter()
         try:
             with self._model_lock:
                 if event.is_set():
                     raise Cancelled()
                 pipe = self.pipeline()
-                result = pipe(
-                    tensor, sampling=sampling, tiling=tiling, tags=pass_tags, callback=on_step, **_quiet(pipe)
+                loaded = self._decode(image.path)
+                folder, stem = self._next_run_folder(image, sampling)
+                job = upscale_image(
+                    pipe,
+                    loaded,
+                    OutputTarget(image=folder / f"{stem}.png", sidecar=folder / f"{stem}.json"),
+                    sampling=sampling,
+                    tiling=tiling,
+                    tags=pass_tags,
+                    preset=preset,
+                    input_name=image.name,
+                    callback=on_step,
+                    extra={"sample_index": 0, "dtype_requested": self.dtype_requested},
                 )
         finally:
             # A cancelled job's thread can still be finishing while the session's next job is registered.
             if self._cancel.get(session) is event:
                 del self._cancel[session]
-        seconds = time.perf_counter() - start
+        after = preview_u8(job.sr, self.max_side)
+        before = _resize_u8(preview_u8(loaded.rgb, self.max_side), (after.shape[1], after.shape[0]))
+        del loaded, job.sr
+        self._forget_old_runs()
+        return RunOutput(
+            before=before,
+            after=after,
+            image_path=folder / f"{stem}.png",
+            sidecar_path=folder / f"{stem}.json",
+            prompt=job.prompt,
+            tags=job.tags,
+            seconds=job.seconds,
+        )
 
-        sr = result.image
-        if tuple(sr.shape[:2]) != (1, 3):
-            raise ValueError(f"pipeline returned an image of shape {tuple(sr.shape)}, expected (1,3,H,W)")
-        after_f = sr[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        if not np.isfinite(after_f).all():
-            raise ValueError("the pipeline produced non-finite pixels (NaN/inf); try dtype fp32")
-        after = to_uint8(after_f)
-        before = _resize_u8(to_uint8(image.rgb), (after.shape[1], after.shape[0]))
-
+    def _next_run_folder(self, image: InputImage, sampling: SamplingConfig) -> tuple[Path, str]:
         self._run_counter += 1
         stem = f"{_safe_stem(image.name)}_x{sampling.upscale:g}_seed{sampling.seed}_{self._run_counter:03d}"
         folder = self.output_dir / f"run{self._run_counter:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        image_path = folder / f"{stem}.png"
-        sidecar_path = folder / f"{stem}.json"
-        _save_result(image, after_f, image_path)
-        loaded = image.loaded
-        # The same record as `seesr upscale` writes, so `seesr upscale INPUT --from-json X.json` re-runs it.
-        sidecar = {
-            "seesr_sidecar": 1,
-            "source": "seesr ui",
-            "input": image.name,
-            "output": image_path.name,
-            "input_size": [w, h],
-            "output_size": [int(after.shape[1]), int(after.shape[0])],
-            "input_bit_depth": getattr(loaded, "bit_depth", None),
-            "bit_depth": 8,
-            "format": "png",
-            "grey": bool(getattr(loaded, "is_grey", False)),
-            "alpha": getattr(loaded, "alpha", None) is not None,
-            "input_warnings": list(getattr(loaded, "warnings", ()) or ()),
-            "preset": preset,
-            "seed": sampling.seed,
-            "tags": list(result.tags),
-            "tags_override": pass_tags is not None,
-            "dape_tags": list(image.auto_tags),
-            "prompt": result.prompt,
-            "sampling": config_to_dict(sampling),
-            "tiling": config_to_dict(tiling),
-            "settings": result.settings,
-            "seconds": round(seconds, 3),
-            "versions": _versions(),
-        }
-        _atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
-        return RunOutput(
-            before=before,
-            after=after,
-            image_path=image_path,
-            sidecar_path=sidecar_path,
-            prompt=result.prompt,
-            tags=list(result.tags),
-            seconds=seconds,
-        )
+        self._runs.append(folder)
+        return folder, stem
 
-
-def _quiet(pipe: Any) -> dict[str, Any]:
-    """``show_progress=False`` where the pipeline has its own console bar: the page shows the progress."""
-    try:
-        params = inspect.signature(pipe.__call__).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"show_progress": False} if "show_progress" in params else {}
-
-
-def _to_tensor(rgb: np.ndarray) -> Any:
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def _save_result(image: InputImage, sr_rgb: np.ndarray, path: Path) -> None:
-    """Write the result through :func:`seesr.io.save_image` (alpha re-attached, grey kept, atomic write)."""
-    from seesr import io as sio
-
-    loaded = image.loaded
-    h, w = sr_rgb.shape[:2]
-    alpha = None if loaded.alpha is None else sio.upscale_alpha(loaded.alpha, (w, h))
-    sio.save_image(path, sr_rgb, alpha=alpha, grey=bool(loaded.is_grey), icc_profile=loaded.icc_profile)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from seesr.io import atomic_write
-
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
-
-
-def _versions() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("seesr", "torch", "diffusers", "transformers", "numpy", "pillow", "gradio"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    def _forget_old_runs(self) -> None:
+        while len(self._runs) > self.keep_runs:
+            _remove_tree(str(self._runs.pop(0)))
