@@ -443,7 +443,9 @@ def test_app_run_without_upload_and_bad_knob(tmp_path, coffee):
     assert "Upload an image first" in on_run(*_run_args(None, []), REQ)[3]
     state, _, tags_update, *_ = _handler(app, "on_file").fn(str(coffee), REQ)
     slider, _, _, status = on_run(*_run_args(state, tags_update["value"], tile=4), REQ)
-    assert slider is None and status == "**Error:** tile size must be a multiple of 8 and &gt;= 64 pixels, got 4"
+    assert (
+        slider is None and status == "**Error:** tile size must be a multiple of 8 and &gt;= 64 pixels, got 4"
+    )
 
 
 def test_weights_missing_page(tmp_path, coffee):
