@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from seesr.models.dape import TaggingOptions
+    from seesr.pipeline.devices import resolve_device_dtype
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     options = TaggingOptions(
         threshold=args.threshold, blocklist=_split(args.blocklist), extra_tags=_split(args.extra_tags)
     )
@@ -89,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
     for p in images:  # fail before the (slow) model load
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a torch device: {err}") from err
+    device, dtype = resolve_device_dtype(args.device, args.dtype)  # the resolver of `seesr upscale` and the UI
     model = _build_model(args).to(device=device, dtype=dtype)
     results = []
     with torch.inference_mode():
