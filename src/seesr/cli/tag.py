@@ -89,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     for p in images:  # fail before the (slow) model load
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-    device, dtype = resolve_device_dtype(args.device, args.dtype)  # the resolver of `seesr upscale` and the UI
+    device, dtype = resolve_device_dtype(
+        args.device, args.dtype
+    )  # the resolver of `seesr upscale` and the UI
     model = _build_model(args).to(device=device, dtype=dtype)
     results = []
     with torch.inference_mode():

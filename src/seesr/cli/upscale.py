@@ -426,6 +426,7 @@ def _process(
     from tqdm import tqdm
 
     from seesr import io
+    from seesr.run.costs import format_costs
     from seesr.run.job import OutputTarget, upscale_image
 
     img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
@@ -460,7 +461,7 @@ def _process(
             bar.refresh()
 
         try:
-            upscale_image(
+            job = upscale_image(
                 pipe,
                 img,
                 target,
@@ -474,5 +475,6 @@ def _process(
             )
         finally:
             steps.close()
+        logger.info("%s: %s", plan.output, format_costs(job.record))  # `-v`: where the time and memory went
         written += 1
     return written
