@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -287,7 +288,7 @@ def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Image.Image, _EofWatc
         yield im, fp
 
 
-def probe_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+def probe_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Read only the header of ``path``: size, mode, alpha, frame count, EXIF orientation.
 
     Raises:
@@ -321,7 +322,7 @@ def _truncated(path: Path, fmt: str | None, what: str) -> str:
 
 
 def load_image(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, allow_truncated: bool = False
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, allow_truncated: bool = False
 ) -> LoadedImage:
     """Read one image file into float32 RGB (+ alpha), upright and in [0,1].
 
@@ -395,7 +396,7 @@ def load_image(
     )
 
 
-def read_rgb_u8(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_rgb_u8(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """`load_image` quantised to 8 bits: (H,W,3) uint8, upright, sRGB, alpha dropped.
 
     For callers that reproduce an official uint8 chain (e.g. a PIL resize of training/test images). 8-bit
