@@ -2,7 +2,8 @@
 
 Modules: :mod:`~seesr.io.reading` (probe/load, Pillow's process-wide switches), :mod:`~seesr.io.pixels`
 (decoded pixels -> arrays), :mod:`~seesr.io.codecs16` (the 16-bit PNG/TIFF codecs Pillow lacks),
-:mod:`~seesr.io.writing` (atomic save, output formats) and :mod:`~seesr.io.listing` (inputs, extensions).
+:mod:`~seesr.io.writing` (atomic save, output formats), :mod:`~seesr.io.listing` (inputs, extensions) and
+:mod:`~seesr.io.sniff` (naming what a non-image file is, for error messages).
 Every name is re-exported here: ``from seesr.io import load_image``.
 
 Reading (`load_image`):
@@ -44,8 +45,8 @@ from seesr.io.reading import (
     pillow_settings,
     probe_image,
     read_rgb_u8,
-    sniff_format,
 )
+from seesr.io.sniff import sniff_format
 from seesr.io.writing import (
     atomic_write,
     check_output_options,

@@ -24,6 +24,7 @@ from PIL import Image, ImageFile
 from seesr.errors import BadImageError
 from seesr.io.codecs16 import rawmode
 from seesr.io.pixels import exif_orientation, has_alpha, orient, to_arrays
+from seesr.io.sniff import describe_non_image, sniff_format
 
 #: Default input cap (8192 x 8192): below Pillow's decompression-bomb warning (89,478,485 px).
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -136,50 +137,7 @@ def pillow_settings() -> PillowSettings:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# sniffing and opening
-
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"GIF8", 0, "GIF"),
-    (b"WEBP", 8, "WEBP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-    (b"BM", 0, "BMP"),
-    (b"ftypavif", 4, "AVIF"),
-    (b"ftypheic", 4, "HEIC"),
-    (b"ftypheix", 4, "HEIC"),
-    (b"ftypmif1", 4, "HEIF"),
-    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG2000"),
-)
-
-
-def sniff_format(path: str | Path) -> str | None:
-    """Format named by the file's first bytes (PNG, JPEG, GIF, WEBP, TIFF, BMP, AVIF, HEIC, ...), or None.
-
-    Only used to word error messages; decoding always goes through Pillow's own content detection.
-    """
-    with open(path, "rb") as f:
-        head = f.read(32)
-    for magic, offset, name in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return name
-    return None
-
-
-def _describe_non_image(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(64)
-    text = head.lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return "looks like HTML (a saved web page?)"
-    if text.startswith((b"<?xml", b"<svg")):
-        return "looks like XML/SVG (vector images are not supported)"
-    try:
-        head.decode("utf-8")
-        return "looks like text"
-    except UnicodeDecodeError:
-        return f"starts with bytes {head[:8].hex(' ')}"
+# opening
 
 
 class _EofWatch(io.BufferedReader):
@@ -257,7 +215,7 @@ def _identify(path: Path, fp: _EofWatch, max_pixels: int) -> Image.Image:
             ) from None
         if sniffed is not None:
             raise BadImageError(f"{path}: {sniffed} file that cannot be decoded (corrupt header?)") from None
-        raise BadImageError(f"{path}: not a recognised image ({_describe_non_image(path)})") from None
+        raise BadImageError(f"{path}: not a recognised image ({describe_non_image(path)})") from None
     except OSError as err:
         raise BadImageError(f"{path}: cannot be read as an image ({err})") from None
     w, h = im.size
