@@ -308,6 +308,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     from seesr import io
+    from seesr.cli.outputs import OutputPlan, plan_outputs
     from seesr.run.guard import check_input
 
     if not args.output:
@@ -318,8 +319,7 @@ def _run(args: argparse.Namespace) -> int:
     _prepare_out_dir(out_dir)
     suffixes = [""] if settings.sample_times == 1 else [f"_s{k:02d}" for k in range(settings.sample_times)]
     plans = [
-        io.plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s)
-        for s in suffixes
+        plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s) for s in suffixes
     ]
     max_pixels = args.max_pixels or io.DEFAULT_MAX_PIXELS
     max_out = args.max_output_pixels or io.DEFAULT_MAX_OUTPUT_PIXELS
@@ -330,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
         failures.append(str(path))
         _emit(f"{path}: {reason}")
 
-    jobs: list[tuple[io.InputFile, list[tuple[int, io.OutputPlan]]]] = []
+    jobs: list[tuple[io.InputFile, list[tuple[int, OutputPlan]]]] = []
     skipped = 0
     for i, item in enumerate(inputs):
         mine = [(k, p[i]) for k, p in enumerate(plans)]
