@@ -165,9 +165,15 @@ def test_bad_image_values_are_rejected(pipe):
     ],
 )
 def test_size_rules(lr_wh, upscale, process, processed, target):
-    plan = plan_sizes(lr_wh, upscale, process)
+    plan = plan_sizes(lr_wh, upscale, process, max_pixels=None)  # the official chain, no refusals
     assert plan.processed == processed and plan.target == target
     assert plan.processed[0] % 8 == 0 and plan.processed[1] % 8 == 0
+
+
+def test_size_rules_refuse_a_runaway_enlargement_by_default():
+    with pytest.raises(ValueError, match="1x40 would be processed at 512x20480"):
+        plan_sizes((1, 40), 4, 512)  # 10 Mpx of work for a 4x160 result
+    assert plan_sizes((32, 32), 4, 512).processed == (512, 512)  # small photos are still enlarged
 
 
 def test_save_pretrained_folder_round_trip(pipe, lr, tmp_path, monkeypatch):

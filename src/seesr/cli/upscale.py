@@ -44,7 +44,13 @@ _SAMPLING_FLAGS = {
     "scheduler": "scheduler",
     "timestep_spacing": "timestep_spacing",
 }
-_TILING_FLAGS = ("latent_tile_size", "latent_tile_overlap", "vae_encoder_tile_size", "vae_decoder_tile_size")
+_TILING_FLAGS = (
+    "latent_tile_size",
+    "latent_tile_overlap",
+    "vae_encoder_tile_size",
+    "vae_decoder_tile_size",
+    "vae_mode",
+)
 
 
 def _start_timestep(value: str) -> int | str:
@@ -152,6 +158,27 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         help="latent px (224)",
     )
 
+    t.add_argument(
+        "--vae-mode",
+        dest="vae_mode",
+        choices=["exact", "bounded"],
+        help="tiled VAE: exact (all tiles at once) or bounded (one tile at a time); default: from the budget",
+    )
+
+    m = p.add_argument_group("memory plan")
+    m.add_argument(
+        "--max-memory",
+        dest="max_memory",
+        metavar="SIZE",
+        help="memory budget, e.g. 8GB (default: 60%% of RAM on the CPU, 90%% of the GPU's memory); tile sizes "
+        "and the VAE mode are chosen to fit it, and inputs that cannot fit are refused before loading",
+    )
+    m.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each input's plan (sizes, tiles, VAE mode, predicted memory and time) and exit",
+    )
+
     r = p.add_argument_group("runtime and files")
     r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     r.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="auto: fp16 on CUDA, else fp32")
@@ -245,6 +272,55 @@ def weights_choice(args: argparse.Namespace) -> Any:
     )
 
 
+@dataclasses.dataclass
+class _Planner:
+    """Everything a plan needs, prepared once per run (nothing is loaded)."""
+
+    kwargs: dict[str, Any]
+    pinned: frozenset[str]
+    note: str
+    throughput_file: Path
+    throughput_key: str
+
+    def plan(self, size: tuple[int, int], settings: _Run) -> Any:
+        from seesr.run.plan import choose_plan
+
+        return choose_plan(size, settings.sampling, settings.tiling, pinned=self.pinned, **self.kwargs)
+
+
+def _planner(args: argparse.Namespace, settings: _Run) -> _Planner:
+    from seesr.pipeline.devices import resolve_device_dtype
+    from seesr.run import throughput
+    from seesr.run.costs import current_rss_bytes
+    from seesr.run.footprint import SD2_FOOTPRINT, footprint_of
+    from seesr.run.plan import default_budget, parse_size
+
+    device, dtype = resolve_device_dtype(args.device, settings.dtype or "auto")
+    note = ""
+    try:
+        footprint = footprint_of(weights_choice(args))
+    except (FileNotFoundError, OSError, ValueError) as err:
+        footprint, note = SD2_FOOTPRINT, f" (SD-2 sizes assumed: {err})"
+    budget = parse_size(args.max_memory) if args.max_memory else default_budget(device)
+    pinned = {f for f in _TILING_FLAGS if getattr(args, f, None) is not None}
+    if args.tile_size is not None:
+        pinned.add("latent_tile_size")
+    if settings.sampling.faithful:
+        pinned.add("vae_bounded_stats")  # bounded "recompute" is bit-identical to the exact tiled VAE
+    cache = throughput.cache_file()
+    key = throughput.key(device, dtype, footprint.signature)
+    rates = throughput.load_rates(cache, key, device.type, footprint.unet_width)
+    kwargs = dict(
+        footprint=footprint,
+        device_type=device.type,
+        dtype_bytes=2 if str(dtype) in ("torch.float16", "torch.bfloat16") else 4,
+        budget=budget,
+        baseline=current_rss_bytes(),
+        rates=rates,
+    )
+    return _Planner(kwargs, frozenset(pinned), note, cache, key)
+
+
 def _load_pipeline(args: argparse.Namespace, run: _Run) -> Any:
     """Build the SeeSR pipeline from the weights flags (the one place tests replace with a stub)."""
     from seesr.run.sources import load_pipeline
@@ -330,7 +406,8 @@ def _run(args: argparse.Namespace) -> int:
         failures.append(str(path))
         _emit(f"{path}: {reason}")
 
-    jobs: list[tuple[io.InputFile, list[tuple[int, OutputPlan]]]] = []
+    planner = _planner(args, settings)
+    jobs: list[tuple[io.InputFile, list[tuple[int, OutputPlan]], Any]] = []
     skipped = 0
     for i, item in enumerate(inputs):
         mine = [(k, p[i]) for k, p in enumerate(plans)]
@@ -346,7 +423,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            check_input(
+            info = check_input(
                 item.path,
                 settings.sampling,
                 max_pixels=max_pixels,
@@ -354,10 +431,17 @@ def _run(args: argparse.Namespace) -> int:
                 fmt=settings.fmt,
                 bit_depth=settings.bit_depth,
             )
+            plan = planner.plan(info.upright_size, settings)
         except (ValueError, OSError) as err:
             fail(item.path, _reason(err, item.path))
             continue
-        jobs.append((item, todo))
+        jobs.append((item, todo, plan))
+
+    if args.plan:
+        for item, _, plan in jobs:
+            print(f"{item.path}: {plan.describe()}{planner.note}")
+        print(f"seesr upscale --plan: {len(jobs)} to run, {skipped} skipped (exist), {len(failures)} refused")
+        return 1 if failures else 0
 
     written = 0
     if jobs:
@@ -373,10 +457,10 @@ def _run(args: argparse.Namespace) -> int:
 
         bar = tqdm(jobs, desc="upscale", unit="img", disable=None, file=sys.stderr)
         try:
-            for item, todo in bar:
+            for item, todo, plan in bar:
                 bar.set_postfix_str(item.path.name, refresh=False)
                 try:
-                    written += _process(pipe, item, todo, settings, args, max_pixels)
+                    written += _process(pipe, item, todo, settings, args, max_pixels, plan, planner)
                 except KeyboardInterrupt:
                     raise
                 except Exception as err:  # one bad image must not end the batch
@@ -421,11 +505,14 @@ def _process(
     settings: _Run,
     args: argparse.Namespace,
     max_pixels: int,
+    plan: Any,
+    planner: _Planner,
 ) -> int:
     """Load one input, run every pending sample, write image + sidecar (+ prompt). Returns files written."""
     from tqdm import tqdm
 
     from seesr import io
+    from seesr.run import throughput
     from seesr.run.costs import format_costs
     from seesr.run.job import OutputTarget, upscale_image
 
@@ -440,14 +527,14 @@ def _process(
             settings.bit_depth,
         )
     written = 0
-    for k, plan in todo:
+    for k, out in todo:
         sampling = dataclasses.replace(settings.sampling, seed=settings.sampling.seed + k)
         target = OutputTarget(
-            image=plan.output,
-            sidecar=plan.sidecar,
+            image=out.output,
+            sidecar=out.sidecar,
             format=settings.fmt,
             bit_depth=settings.bit_depth,
-            prompt_text=plan.output.parent / "txt" / (plan.output.stem + ".txt")
+            prompt_text=out.output.parent / "txt" / (out.output.stem + ".txt")
             if args.save_prompts
             else None,
         )
@@ -466,15 +553,29 @@ def _process(
                 img,
                 target,
                 sampling=sampling,
-                tiling=settings.tiling,
+                tiling=plan.tiling,
                 tags=settings.tags,
                 preset=settings.preset or "default",
                 input_name=str(item.path),
                 callback=callback,
-                extra={"sample_index": k, "dtype_requested": settings.dtype or "auto"},
+                extra={
+                    "sample_index": k,
+                    "dtype_requested": settings.dtype or "auto",
+                    "plan": plan.as_record(),
+                },
             )
         finally:
             steps.close()
-        logger.info("%s: %s", plan.output, format_costs(job.record))  # `-v`: where the time and memory went
+        logger.info("%s: %s", target.image, format_costs(job.record))  # `-v`: where the time and memory went
+        if "denoise" in job.record["timings"]:
+            batch = 2 if sampling.guidance_scale > 1.0 else 1
+            throughput.record_run(
+                planner.throughput_file,
+                planner.throughput_key,
+                plan,
+                job.record["timings"],
+                steps=sampling.num_inference_steps,
+                batch=batch,
+            )
         written += 1
     return written

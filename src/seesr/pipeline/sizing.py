@@ -56,7 +56,9 @@ def plan_sizes(
     processed size can be far larger than its output; ``max_pixels`` refuses that before any work is done.
 
     Raises:
-        ValueError: the processed image would be smaller than 8 px on a side, or larger than ``max_pixels``.
+        ValueError: the processed image would be smaller than 8 px on a side, larger than ``max_pixels``, or an
+            enlargement would cost more than ``MAX_ENLARGEMENT_RATIO`` times the output (``max_pixels=None``
+            turns both refusals off).
     """
     w, h = lr_wh
     if w < 1 or h < 1:
@@ -68,8 +70,10 @@ def plan_sizes(
         ew, eh = int(s * w), int(s * h)
     uw, uh = int(round(ew * upscale)), int(round(eh * upscale))
     target = (max(1, int(round(w * upscale))), max(1, int(round(h * upscale))))
-    runaway = (ew, eh) != (w, h) and uw * uh > max(
-        ENLARGEMENT_FREE_PIXELS, MAX_ENLARGEMENT_RATIO * target[0] * target[1]
+    runaway = (
+        max_pixels is not None
+        and (ew, eh) != (w, h)
+        and uw * uh > max(ENLARGEMENT_FREE_PIXELS, MAX_ENLARGEMENT_RATIO * target[0] * target[1])
     )
     if runaway or (max_pixels is not None and uw * uh > max_pixels):
         limit = "over the cap of " + (

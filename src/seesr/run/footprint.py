@@ -157,3 +157,15 @@ def footprint_of_pipeline(pipe: Any) -> Footprint:
         unet_width=unet_width,
         signature=_signature([params // 1_000_000, vae_channels, unet_width]),
     )
+
+
+#: the released SD-2 base + SeeSR sizes (spec), used by ``--plan`` when no weights folder can be read yet
+SD2_FOOTPRINT = Footprint(
+    params=1_126_760_324 + 489_031_440 + 83_653_863 + 340_387_840,
+    dape_params=DAPE_DEFAULT_PARAMS,
+    vae_channels=(128, 256, 512, 512),
+    unet_width=320,
+    signature=_signature(
+        [(1_126_760_324 + 489_031_440 + 83_653_863 + 340_387_840) // 1_000_000, (128, 256, 512, 512), 320]
+    ),
+)

@@ -75,7 +75,8 @@ def record_run(
             "fixed": sum(timings.get(k, 0.0) for k in ("dape", "text", "color_fix_resize", "write")),
         }
         data = _read(path)
-        entry = data.get(record_key) if isinstance(data.get(record_key), dict) else {}
+        found = data.get(record_key)
+        entry: dict[str, Any] = dict(found) if isinstance(found, dict) else {}
         runs = int(entry.get("runs", 0))
         weight = 1.0 / (runs + 1) if runs < 9 else 0.1  # running mean, then an exponential one
         for name, value in sample.items():
