@@ -54,6 +54,45 @@ def test_import_boundaries():
     assert not violations, "\n".join(violations)
 
 
+# `models` knows nothing about files (DESIGN.md §4): no weight-file reading or writing in it.
+# models/unet.py still assembles a UNet from two diffusers folders (SeeSRUNet.from_base_and_rca); listed here until
+# that moves beside the other loaders in pipeline/.
+FILE_IO_ALLOWED_IN_MODELS = {"models/unet.py"}
+
+
+def _weight_file_io(tree: ast.AST) -> list[str]:
+    """``torch.load``/``torch.save`` calls and ``safetensors`` imports in a module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("load", "save"):
+            if isinstance(node.value, ast.Name) and node.value.id == "torch":
+                found.append(f"torch.{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.Import):
+            found += [
+                f"import {a.name} (line {node.lineno})"
+                for a in node.names
+                if a.name.startswith("safetensors")
+            ]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+            found.append(f"from {node.module} import ... (line {node.lineno})")
+    return found
+
+
+def test_models_read_and_write_no_weight_files():
+    violations = []
+    for path in sorted((SRC / "models").rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        if rel in FILE_IO_ALLOWED_IN_MODELS:
+            continue
+        violations += [f"{rel}: {what}" for what in _weight_file_io(ast.parse(path.read_text()))]
+    assert not violations, "\n".join(violations)
+
+
+def test_weight_file_detector_sees_the_usual_spellings():
+    src = "import torch\nfrom safetensors.torch import load_file\nimport safetensors\nx = torch.load(p)\ntorch.save(x, p)\n"
+    assert len(_weight_file_io(ast.parse(src))) == 4
+
+
 def test_cli_help_does_not_import_torch():
     code = (
         "import sys, contextlib, io\n"

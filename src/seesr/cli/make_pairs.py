@@ -194,13 +194,11 @@ def make_pairs(
 def _ram_tagger(args: argparse.Namespace, device: Any) -> Tagger:
     import torch
 
-    try:
-        from seesr.models.dape import DAPE
-    except ImportError as err:  # pragma: no cover - present in this package
-        raise ImportError(f"--tagger-ram needs seesr.models.dape: {err}") from err
+    from seesr.pipeline.dape_weights import load_official_dape
+
     if args.tag_list is None or args.thresholds is None:
         raise ValueError("--tagger-ram needs --tag-list TXT and --thresholds TXT")
-    model = DAPE.from_official(
+    model = load_official_dape(
         args.tagger_ram,
         args.tagger_dape,
         tag_list=args.tag_list,

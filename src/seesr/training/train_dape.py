@@ -4,8 +4,8 @@ Teacher = frozen plain RAM on the HR image; student = the same RAM with rank-8 L
 tagging-head query/key) on the LR image (``sr_bicubic``). Loss = ``feature_weight * MSE(embeds)`` +
 ``logits_weight * BCE(sigmoid(student), sigmoid(teacher))`` (:func:`seesr.training.steps.dape_training_step`).
 Inputs are the official DAPE recipe (bilinear 512² then 384², ImageNet normalisation). Outputs: ``DAPE.pth`` in the
-official key layout (``DAPE.from_official`` and SeeSR's ``--ram_ft_path`` load it), ``lora.safetensors`` (ours) and
-``dape/`` (:meth:`seesr.models.dape.DAPE.save_pretrained`, LoRA merged).
+official key layout (``seesr.load_official_dape`` and SeeSR's ``--ram_ft_path`` load it), ``lora.safetensors`` (ours) and
+``dape/`` (:func:`seesr.pipeline.dape_weights.save_dape`, LoRA merged).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from seesr.config import config_to_dict
+from seesr.data.datasets import derive_seed
 from seesr.training.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -33,7 +34,7 @@ from seesr.training.checkpoint import (
 )
 from seesr.training.config import TrainDAPEConfig
 from seesr.training.data import build_loader, degrade_online
-from seesr.training.steps import dape_ram_input, dape_training_step, mix_seed
+from seesr.training.steps import dape_ram_input, dape_training_step
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class StudentForward(nn.Module):
 def build_dape_models(cfg: TrainDAPEConfig) -> tuple[Any, Any]:
     """``(student, teacher)``: RAM + trainable unmerged LoRA (from ``ram.dape_checkpoint`` when given, else fresh:
     ``lora_A`` kaiming from a generator seeded by ``run.seed``, ``lora_B`` = 0) and the frozen plain RAM."""
-    from seesr.models.dape import build_student, build_teacher
+    from seesr.training.dape_models import build_student, build_teacher
 
     ram = cfg.ram
     kw: dict[str, Any] = dict(tag_list=ram.tag_list, thresholds=ram.thresholds, arch=ram.arch)
@@ -79,8 +80,9 @@ def save_dape_weights(student: Any, folder: Path, template: str | None, *, merge
     ``lora.safetensors``; with ``merged`` also ``dape/`` (our inference format)."""
     from safetensors.torch import save_file
 
-    from seesr.models.dape import save_official_lora
     from seesr.models.lora import lora_state_dict
+    from seesr.pipeline.dape_lora import save_official_lora
+    from seesr.pipeline.dape_weights import save_dape
 
     folder.mkdir(parents=True, exist_ok=True)
     save_official_lora(folder / OFFICIAL_FILE, student, template)
@@ -90,7 +92,7 @@ def save_dape_weights(student: Any, folder: Path, template: str | None, *, merge
         metadata={"format": "pt", "seesr": "dape-lora"},
     )
     if merged:
-        student.save_pretrained(folder / "dape")
+        save_dape(student, folder / "dape")
 
 
 def _load_lora(student: Any, folder: Path) -> None:
@@ -172,7 +174,7 @@ def train_dape(
             # drop-path / dropout draws: keyed by (seed, step, micro, process) so a resumed run repeats them
             student.set_generator(
                 torch.Generator(device=device).manual_seed(
-                    mix_seed(run.seed, step, micro, accelerator.process_index)
+                    derive_seed(run.seed, step, micro, accelerator.process_index)
                 )
             )
             last = micro == run.gradient_accumulation_steps - 1

@@ -73,9 +73,9 @@ def _load_release_layout(unet: torch.nn.Module, controlnet: torch.nn.Module, fol
 
 def _online_tagger(cfg: TrainSeeSRConfig) -> torch.nn.Module:
     """Plain RAM (no LoRA) as ``make_tags.py`` uses on the GT (spec §5, fixtures README §14.3)."""
-    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_weights import load_official_dape
 
-    model = DAPE.from_official(
+    model = load_official_dape(
         cfg.ram.ram_checkpoint,
         None,
         tag_list=cfg.ram.tag_list,
