@@ -108,3 +108,34 @@ def test_cli_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def _modules_where(predicate) -> list[str]:
+    hits = []
+    for path in sorted(SRC.rglob("*.py")):
+        if any(predicate(node) for node in ast.walk(ast.parse(path.read_text()))):
+            hits.append(path.relative_to(SRC).as_posix())
+    return hits
+
+
+def test_yaml_seed_mixer_and_imagenet_statistics_live_in_one_module_each():
+    """One YAML reader, one seed mixer, one ImageNet normalisation (issue 12): found by what they contain."""
+
+    def calls_yaml_load(node: ast.AST) -> bool:
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("safe_load", "load", "full_load", "unsafe_load")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "yaml"
+        )
+
+    def golden_gamma(node: ast.AST) -> bool:  # the SplitMix64 constant every such mixer starts from
+        return isinstance(node, ast.Constant) and node.value == 0x9E3779B97F4A7C15
+
+    def imagenet_mean(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value == 0.485
+
+    assert _modules_where(calls_yaml_load) == ["config.py"]
+    assert _modules_where(golden_gamma) == ["data/datasets.py"]
+    assert _modules_where(imagenet_mean) == ["models/dape/model.py"]
