@@ -64,7 +64,7 @@ def build_student(
         changes["head_dropout"] = head_dropout
     config = dataclasses.replace(config, **changes)
     model = load_official_dape(ram_checkpoint, None, tag_list=tag_list, thresholds=thresholds, arch=config)
-    # from_official assigned (possibly memory-mapped, read-only-shared) tensors; training wants owned copies
+    # load_official_dape assigned (possibly memory-mapped, read-only-shared) tensors; training wants owned copies
     with torch.no_grad():
         for p in model.parameters():
             p.data = p.data.clone()

@@ -22,8 +22,9 @@ class DAPEConfig:
     """Architecture of DAPE. Defaults = the released RAM Swin-L (spec §4.1).
 
     ``med_*`` only describe the official ``tag_encoder``/``text_decoder`` (not built) so that
-    :func:`official_lora_state_dict` can write their LoRA keys. ``drop_path_rate``/``head_dropout`` act only in
-    ``train()`` mode (the official student uses 0.1 / 0.1; inference ignores them).
+    :func:`seesr.pipeline.dape_lora.official_lora_state_dict` can write their LoRA keys.
+    ``drop_path_rate``/``head_dropout`` act only in ``train()`` mode (the official student uses 0.1 / 0.1;
+    inference ignores them).
     """
 
     image_size: int = 384
