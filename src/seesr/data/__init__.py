@@ -1,4 +1,4 @@
-"""seesr.data: training-pair degradation, datasets and offline pair generation (spec §5, §6).
+"""seesr.data: training-pair degradation, datasets and offline pairs (``seesr.data.make_pairs``; spec §5, §6).
 
 Public names are imported lazily so that ``import seesr.data`` stays cheap.
 """
@@ -15,7 +15,6 @@ _EXPORTS = {
     "HQFolderDataset": "seesr.data.datasets",
     "PairedFolderDataset": "seesr.data.datasets",
     "derive_seed": "seesr.data.datasets",
-    "make_pairs": "seesr.data.make_pairs",
 }
 
 __all__ = sorted(_EXPORTS)
