@@ -5,7 +5,7 @@ Writes random full-size weights in the OFFICIAL formats to a temporary folder (`
 ``tag_encoder`` layers 0-1 — the untouched tag_encoder layers 2-11 / text_decoder are left out to save disk; the
 loader never reads them — and ``DAPE.pth`` with all official LoRA keys), then measures in fresh child processes:
 
-* load: ``DAPE.from_official`` wall time and peak RSS (plain RAM vs RAM + DAPE);
+* load: ``load_official_dape`` wall time and peak RSS (plain RAM vs RAM + DAPE);
 * per image (one 128×128 LR, batch 1): ``DAPE.forward`` (one Swin pass for tags + embeds) vs the official
   call pattern (``generate_tag`` + ``generate_image_embeds`` = two Swin passes), at 1 and 2 CPU threads, and on
   CUDA (fp32 / fp16) when available.
@@ -49,8 +49,9 @@ def write_official_files(folder: Path, seed: int = 0) -> dict[str, Path]:
     """Random full-size ``ram.pth`` / ``DAPE.pth`` / tag list / thresholds in the official formats."""
     import torch
 
-    from seesr.models.dape import DAPE, DAPEConfig, _med_lora_shapes
+    from seesr.models.dape import DAPE, DAPEConfig
     from seesr.models.swin import relative_position_index
+    from seesr.pipeline.dape_lora import med_lora_shapes
 
     cfg = DAPEConfig()
     g = torch.Generator().manual_seed(seed)
@@ -78,7 +79,7 @@ def write_official_files(folder: Path, seed: int = 0) -> dict[str, Path]:
             torch.randn(r * n_on, layer.in_features, generator=g) / layer.in_features**0.5
         )
         lora[f"{name}.lora_B"] = torch.randn(block * n_on, r, generator=g) * 0.01
-    for name, a_shape, b_shape in _med_lora_shapes(cfg):
+    for name, a_shape, b_shape in med_lora_shapes(cfg):
         lora[f"{name}.lora_A"] = torch.randn(a_shape, generator=g) * 0.01
         lora[f"{name}.lora_B"] = torch.zeros(b_shape)
     torch.save(lora, folder / "DAPE.pth")
@@ -94,12 +95,12 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_weights import load_official_dape
 
     files = json.loads(args.files)
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    model = DAPE.from_official(
+    model = load_official_dape(
         files["ram"], files["dape"] if args.lora else None, tag_list=files["tags"], thresholds=files["thr"]
     )
     load_s = time.perf_counter() - t0

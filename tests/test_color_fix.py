@@ -13,6 +13,7 @@ from seesr.pipeline.color_fix import (
     to_uint8,
     wavelet_color_fix,
     wavelet_float,
+    wavelet_lowpass,
 )
 
 
@@ -105,3 +106,19 @@ def test_to_uint8_bad_mode():
         to_uint8(torch.zeros(2), rounding="floor")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="floating"):
         to_uint8(torch.zeros(2, dtype=torch.uint8), rounding="round")
+
+
+def test_wavelet_lowpass_keeps_constants_and_removes_fine_detail():
+    flat = torch.full((1, 3, 40, 56), 0.3)
+    assert torch.allclose(wavelet_lowpass(flat), flat, atol=1e-7)
+    # a one-pixel checkerboard is fine detail: the coarse residual is ~its mean (replicated edges leave a trace)
+    checker = (
+        (torch.arange(40)[:, None] + torch.arange(56)[None, :]).remainder(2).float().expand(1, 3, 40, 56)
+    )
+    assert (wavelet_lowpass(checker) - 0.5).abs().max() < 0.02
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(1, 3, 40, 56, generator=g)
+    # the image's own coarse residual gives the image back; a flat reference moves its mean to the reference's
+    assert (wavelet_float(image, image) - image).abs().max() < 1e-6
+    out = wavelet_float(image, flat)
+    assert (out.mean(dim=(2, 3)) - 0.3).abs().max() < 0.02

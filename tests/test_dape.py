@@ -11,15 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from seesr.models.dape import (
-    DAPE,
-    DAPEConfig,
-    TaggingOptions,
-    build_student,
-    build_teacher,
-    official_lora_state_dict,
-    save_official_lora,
-)
+from seesr.models.dape import DAPE, DAPEConfig, TaggingOptions
+from seesr.pipeline.dape_lora import official_lora_state_dict, save_official_lora
+from seesr.pipeline.dape_weights import load_dape, load_official_dape, save_dape
+from seesr.training.dape_models import build_student, build_teacher
 from tests.conftest import tolerance
 
 PHOTOS = ("astronaut_128x128", "coffee_96x128")
@@ -39,7 +34,7 @@ def ram(fixtures_dir: Path) -> dict[str, Path]:
 
 
 def _load(ram: dict[str, Path], lora: str | None) -> DAPE:
-    return DAPE.from_official(
+    return load_official_dape(
         ram["ram"],
         ram[lora] if lora else None,
         tag_list=ram["tag_list"],
@@ -180,16 +175,16 @@ def test_tied_tag_encoder_lora_is_merged_first(ram, fixtures_dir, models):
 def test_wrong_shape_checkpoint_is_a_clear_error(ram):
     # the tiny checkpoint against the default (full Swin-L) architecture
     with pytest.raises(ValueError, match=r"wrong shape.*visual_encoder"):
-        DAPE.from_official(ram["ram"], tag_list=ram["tag_list"], thresholds=ram["thresholds"])
+        load_official_dape(ram["ram"], tag_list=ram["tag_list"], thresholds=ram["thresholds"])
 
 
 def test_tag_list_of_wrong_length(ram, tmp_path):
     short = tmp_path / "tags.txt"
     short.write_text("\n".join(ram["tag_list"].read_text().splitlines()[:-1]))
     with pytest.raises(ValueError, match=r"4584 tags, but the model has 4585"):
-        DAPE.from_official(ram["ram"], tag_list=short, thresholds=ram["thresholds"], arch=ram["arch"])
+        load_official_dape(ram["ram"], tag_list=short, thresholds=ram["thresholds"], arch=ram["arch"])
     with pytest.raises(ValueError, match="thresholds"):
-        DAPE.from_official(ram["ram"], tag_list=ram["tag_list"], thresholds=[0.5] * 3, arch=ram["arch"])
+        load_official_dape(ram["ram"], tag_list=ram["tag_list"], thresholds=[0.5] * 3, arch=ram["arch"])
 
 
 def test_non_checkpoint_files(ram, tmp_path):
@@ -197,28 +192,28 @@ def test_non_checkpoint_files(ram, tmp_path):
     junk.write_text("not a checkpoint")
     kw = dict(tag_list=ram["tag_list"], thresholds=ram["thresholds"], arch=ram["arch"])
     with pytest.raises(ValueError, match=r"junk\.pth is not a readable PyTorch checkpoint"):
-        DAPE.from_official(junk, **kw)
+        load_official_dape(junk, **kw)
     with pytest.raises(ValueError, match=r"junk\.pth is not a readable PyTorch checkpoint"):
-        DAPE.from_official(ram["ram"], junk, **kw)
+        load_official_dape(ram["ram"], junk, **kw)
     # the LoRA file given as the RAM checkpoint and vice versa
     with pytest.raises(ValueError, match="no 'model' state dict"):
-        DAPE.from_official(ram["dape"], **kw)
+        load_official_dape(ram["dape"], **kw)
     with pytest.raises(ValueError, match="not LoRA tensors"):
-        DAPE.from_official(ram["ram"], ram["ram"], **kw)
+        load_official_dape(ram["ram"], ram["ram"], **kw)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        DAPE.from_official(tmp_path / "missing.pth", **kw)
+        load_official_dape(tmp_path / "missing.pth", **kw)
     bad_lora = tmp_path / "bad_lora.pth"
     sd = torch.load(ram["dape"], weights_only=True)
     sd["visual_encoder.layers.0.blocks.0.attn.qkv.lora_B"] = torch.zeros(5, 8)
     torch.save(sd, bad_lora)
     with pytest.raises(ValueError, match=r"bad_lora\.pth.*layers\.0\.blocks\.0\.attn\.qkv"):
-        DAPE.from_official(ram["ram"], bad_lora, **kw)
+        load_official_dape(ram["ram"], bad_lora, **kw)
     extra = tmp_path / "extra.pth"
     full = torch.load(ram["ram"], weights_only=True)
     full["model"]["visual_encoder.head.weight"] = torch.zeros(2, 2)
     torch.save(full, extra)
     with pytest.raises(ValueError, match=r"unexpected keys \['visual_encoder\.head\.weight'\]"):
-        DAPE.from_official(extra, **kw)
+        load_official_dape(extra, **kw)
 
 
 def test_checkpoint_with_optimizer_state_and_vision_multi_names(ram, tmp_path, models, ref):
@@ -226,7 +221,7 @@ def test_checkpoint_with_optimizer_state_and_vision_multi_names(ram, tmp_path, m
     renamed = {k.replace("tagging_head", "vision_multi"): v for k, v in full["model"].items()}
     path = tmp_path / "ram_with_optim.pth"
     torch.save({"model": renamed, "optimizer": {"state": {}, "lr": 1.0}, "epoch": 3}, path)
-    model = DAPE.from_official(path, tag_list=ram["tag_list"], thresholds=ram["thresholds"], arch=ram["arch"])
+    model = load_official_dape(path, tag_list=ram["tag_list"], thresholds=ram["thresholds"], arch=ram["arch"])
     x = ref[0]["coffee_96x128/ram_input_384"]
     with torch.no_grad():
         assert torch.equal(model.tag_logits(x), models["plain"].tag_logits(x))
@@ -238,8 +233,8 @@ def test_untied_tag_encoder_copy_warns_and_head_values_win(ram, tmp_path, models
     full["model"][key] = full["model"][key].clone() + 1.0  # break the tie
     path = tmp_path / "untied.pth"
     torch.save(full, path)
-    with caplog.at_level("WARNING", logger="seesr.models.dape"):
-        model = DAPE.from_official(
+    with caplog.at_level("WARNING", logger="seesr.pipeline.dape_weights"):
+        model = load_official_dape(
             path, tag_list=ram["tag_list"], thresholds=ram["thresholds"], arch=ram["arch"]
         )
     assert "1 tag_encoder tensors differ" in caplog.text and key in caplog.text
@@ -306,16 +301,16 @@ def test_tiny_key_set_matches_fixture_checkpoint(ram, models):
     assert set(models["plain"].state_dict()) == used == _official_keys(models["plain"].config)
 
 
-def test_save_pretrained_round_trip(models, ref, tmp_path):
+def test_save_dape_round_trip(models, ref, tmp_path):
     model = models["dape"]
-    model.save_pretrained(tmp_path / "dape")
+    save_dape(model, tmp_path / "dape")
     assert sorted(p.name for p in (tmp_path / "dape").iterdir()) == [
         "config.json",
         "model.safetensors",
         "tag_list.txt",
         "tag_thresholds.txt",
     ]
-    again = DAPE.from_pretrained(tmp_path / "dape")
+    again = load_dape(tmp_path / "dape")
     assert again.config == model.config and again.tag_list == model.tag_list
     assert torch.equal(again.class_threshold, model.class_threshold)
     x = ref[0]["astronaut_128x128/ram_input_384"]
@@ -323,7 +318,7 @@ def test_save_pretrained_round_trip(models, ref, tmp_path):
         assert torch.equal(again.tag_logits(x), model.tag_logits(x))
         assert torch.equal(again.image_embeds(x), model.image_embeds(x))
     with pytest.raises(FileNotFoundError, match="lacks config.json"):
-        DAPE.from_pretrained(tmp_path)
+        load_dape(tmp_path)
 
 
 def test_half_precision_runs(ram, ref):
@@ -430,7 +425,7 @@ def test_official_lora_layout_round_trip(ram, models, ref, tmp_path):
     assert all(torch.equal(with_template[k], v) for k, v in official.items())
     path = tmp_path / "DAPE_out.pth"
     save_official_lora(path, student)
-    reloaded = DAPE.from_official(ram["ram"], path, **kw)
+    reloaded = load_official_dape(ram["ram"], path, **kw)
     x = ref[0]["coffee_96x128/ram_input_384"]
     with torch.no_grad():
         _assert_close(reloaded.tag_logits(x), models["dape"].tag_logits(x))
@@ -472,7 +467,7 @@ def test_cli_tag_json(ram, fixtures_dir, ref, tmp_path, capsys):
     assert [r["tag_string"] for r in result] == [ref[1]["photos"][p]["dape"]["tags"] for p in PHOTOS]
     assert result[0]["tags"] == ref[1]["photos"][PHOTOS[0]]["dape"]["tags"].split(", ")
 
-    _load(ram, "dape").save_pretrained(tmp_path / "w")
+    save_dape(_load(ram, "dape"), tmp_path / "w")
     opts = ["--extra-tags", "x, y", "--blocklist", "anvil"]
     assert main(["tag", images[1], "--weights", str(tmp_path / "w"), *opts]) == 0
     line = capsys.readouterr().out.strip()

@@ -54,6 +54,45 @@ def test_import_boundaries():
     assert not violations, "\n".join(violations)
 
 
+# `models` knows nothing about files (DESIGN.md §4): no weight-file reading or writing in it.
+# models/unet.py still assembles a UNet from two diffusers folders (SeeSRUNet.from_base_and_rca); listed here until
+# that moves beside the other loaders in pipeline/.
+FILE_IO_ALLOWED_IN_MODELS = {"models/unet.py"}
+
+
+def _weight_file_io(tree: ast.AST) -> list[str]:
+    """``torch.load``/``torch.save`` calls and ``safetensors`` imports in a module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("load", "save"):
+            if isinstance(node.value, ast.Name) and node.value.id == "torch":
+                found.append(f"torch.{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.Import):
+            found += [
+                f"import {a.name} (line {node.lineno})"
+                for a in node.names
+                if a.name.startswith("safetensors")
+            ]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+            found.append(f"from {node.module} import ... (line {node.lineno})")
+    return found
+
+
+def test_models_read_and_write_no_weight_files():
+    violations = []
+    for path in sorted((SRC / "models").rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        if rel in FILE_IO_ALLOWED_IN_MODELS:
+            continue
+        violations += [f"{rel}: {what}" for what in _weight_file_io(ast.parse(path.read_text()))]
+    assert not violations, "\n".join(violations)
+
+
+def test_weight_file_detector_sees_the_usual_spellings():
+    src = "import torch\nfrom safetensors.torch import load_file\nimport safetensors\nx = torch.load(p)\ntorch.save(x, p)\n"
+    assert len(_weight_file_io(ast.parse(src))) == 4
+
+
 def test_cli_help_does_not_import_torch():
     code = (
         "import sys, contextlib, io\n"
@@ -110,3 +149,34 @@ def test_one_image_extension_list():
             if isinstance(node, ast.Constant) and node.value in (".tiff", ".jpeg", ".bmp"):
                 owners.setdefault(str(node.value), set()).add(str(path.relative_to(SRC)))
     assert owners == {ext: {"io/listing.py"} for ext in (".tiff", ".jpeg", ".bmp")}
+
+
+def _modules_where(predicate) -> list[str]:
+    hits = []
+    for path in sorted(SRC.rglob("*.py")):
+        if any(predicate(node) for node in ast.walk(ast.parse(path.read_text()))):
+            hits.append(path.relative_to(SRC).as_posix())
+    return hits
+
+
+def test_yaml_seed_mixer_and_imagenet_statistics_live_in_one_module_each():
+    """One YAML reader, one seed mixer, one ImageNet normalisation (issue 12): found by what they contain."""
+
+    def calls_yaml_load(node: ast.AST) -> bool:
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("safe_load", "load", "full_load", "unsafe_load")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "yaml"
+        )
+
+    def golden_gamma(node: ast.AST) -> bool:  # the SplitMix64 constant every such mixer starts from
+        return isinstance(node, ast.Constant) and node.value == 0x9E3779B97F4A7C15
+
+    def imagenet_mean(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value == 0.485
+
+    assert _modules_where(calls_yaml_load) == ["config.py"]
+    assert _modules_where(golden_gamma) == ["data/datasets.py"]
+    assert _modules_where(imagenet_mean) == ["models/dape/model.py"]

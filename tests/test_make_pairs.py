@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from seesr.cli import main
-from seesr.cli.make_pairs import make_pairs
 from seesr.data.datasets import PairedFolderDataset
+from seesr.data.make_pairs import make_pairs
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,5 +1,5 @@
 """Stage-1 (DAPE) training (issue 6): one step equals the official DAPEModel step (fixtures README §12); the loss is
-stable from logits; a trained DAPE.pth has the official layout and loads through DAPE.from_official."""
+stable from logits; a trained DAPE.pth has the official layout and loads through load_official_dape."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seesr.models.dape import build_student, build_teacher
+from seesr.training.dape_models import build_student, build_teacher
 from seesr.training.steps import dape_ram_input, dape_training_step, soft_label_bce
 from tests.test_train_seesr import STEMS, one_thread, read
 
@@ -162,7 +162,7 @@ def dape_runs(fixtures_dir, tmp_path_factory):
 
 
 def test_trained_dape_pth_has_the_official_layout_and_loads(dape_runs, fixtures_dir):
-    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_weights import load_dape, load_official_dape
 
     ram = fixtures_dir / "ram-tiny"
     trained = torch.load(dape_runs / "a" / "DAPE.pth", weights_only=True)
@@ -171,9 +171,9 @@ def test_trained_dape_pth_has_the_official_layout_and_loads(dape_runs, fixtures_
     assert all(trained[k].shape == official[k].shape and trained[k].dtype == torch.float32 for k in official)
     # a fresh run starts from lora_B = 0; three steps moved the trained LoRA B of the Swin and the tagging head
     assert all(trained[k].abs().max() > 0 for k in trained if k.endswith("lora_B") and "visual_encoder" in k)
-    loaded = DAPE.from_official(ram / "ram_tiny.pth", dape_runs / "a" / "DAPE.pth", **_ram_kwargs(ram))
-    plain = DAPE.from_official(ram / "ram_tiny.pth", None, **_ram_kwargs(ram))
-    merged_ours = DAPE.from_pretrained(dape_runs / "a" / "dape")
+    loaded = load_official_dape(ram / "ram_tiny.pth", dape_runs / "a" / "DAPE.pth", **_ram_kwargs(ram))
+    plain = load_official_dape(ram / "ram_tiny.pth", None, **_ram_kwargs(ram))
+    merged_ours = load_dape(dape_runs / "a" / "dape")
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         e_loaded, e_ours, e_plain = loaded(x).image_embeds, merged_ours(x).image_embeds, plain(x).image_embeds

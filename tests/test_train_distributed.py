@@ -47,7 +47,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(fixtures_dir, 
     state_two = json.loads((tmp_path / "two" / "checkpoint-2" / "training_state.json").read_text())
     state_one = json.loads((tmp_path / "one" / "checkpoint-2" / "training_state.json").read_text())
     assert state_two["num_processes"] == 2 and state_one["num_processes"] == 1
-    assert (tmp_path / "two" / "checkpoint-2" / "random_states_1.pt").is_file()
+    assert (tmp_path / "two" / "checkpoint-2" / "random_states_1.safetensors").is_file()
     w1, w2 = load_folder_weights(tmp_path / "one"), load_folder_weights(tmp_path / "two")
     start = load_folder_weights(fixtures_dir / "seesr-tiny")
     assert w1.keys() == w2.keys() == start.keys()

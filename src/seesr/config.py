@@ -191,14 +191,29 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return convert(config)
 
 
-def load_yaml_config(cls: type[T], path: str | Path) -> T:
-    """Read a YAML file into ``cls`` (unknown keys rejected)."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of the YAML file at ``path`` (an empty file gives ``{}``): the one YAML reader.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file (the message names ``what`` and the path).
+        ValueError: the file is not valid YAML or its top level is not a mapping.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    if data is None:
+        return {}
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return config_from_dict(cls, data, where=str(path))
+    return dict(data)
+
+
+def load_yaml_config(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into ``cls`` (unknown keys rejected)."""
+    return config_from_dict(cls, read_yaml_mapping(path), where=str(path))

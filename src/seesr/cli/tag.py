@@ -1,6 +1,6 @@
 """`seesr tag`: DAPE tags (hard prompts) of images (spec §1.4; paper §3.1).
 
-Weights come either from a folder written by ``DAPE.save_pretrained`` (``--weights``) or from the released files
+Weights come either from a folder written by ``seesr.save_dape`` (``--weights``) or from the released files
 (``--ram ram_swin_large_14m.pth [--dape DAPE.pth] --tag-list ram_tag_list.txt --thresholds
 ram_tag_list_threshold.txt``; ``--dape-arch`` for a non-default architecture such as the test fixtures').
 """
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="input images (the original LR)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {image, tags, tag_string}")
     src = p.add_argument_group("weights (either --weights or --ram/--tag-list/--thresholds)")
-    src.add_argument("--weights", type=Path, help="folder written by DAPE.save_pretrained")
+    src.add_argument("--weights", type=Path, help="folder written by seesr.save_dape")
     src.add_argument("--ram", type=Path, help="official RAM checkpoint (ram_swin_large_14m.pth)")
     src.add_argument("--dape", type=Path, help="official DAPE LoRA (DAPE.pth); omit for plain RAM")
     src.add_argument("--tag-list", type=Path, help="ram_tag_list.txt")
@@ -57,15 +57,15 @@ def _load_rgb(path: Path):  # -> torch.Tensor (1,3,H,W) in [0,1]
 
 
 def _build_model(args: argparse.Namespace):
-    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_weights import load_dape, load_official_dape
 
     if args.weights is not None:
         if any(v is not None for v in (args.ram, args.dape, args.tag_list, args.thresholds, args.dape_arch)):
             raise ValueError("give either --weights DIR or --ram/--dape/--tag-list/--thresholds, not both")
-        return DAPE.from_pretrained(args.weights)
+        return load_dape(args.weights)
     if args.ram is None or args.tag_list is None or args.thresholds is None:
         raise ValueError("need --weights DIR, or --ram PTH with --tag-list TXT and --thresholds TXT")
-    return DAPE.from_official(
+    return load_official_dape(
         args.ram, args.dape, tag_list=args.tag_list, thresholds=args.thresholds, arch=args.dape_arch
     )
 

@@ -1,4 +1,4 @@
-"""seesr.data: training-pair degradation and datasets (spec §5, §6).
+"""seesr.data: training-pair degradation, datasets and offline pairs (``seesr.data.make_pairs``; spec §5, §6).
 
 Public names are imported lazily so that ``import seesr.data`` stays cheap.
 """
@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_degradation_config": "seesr.data.realesrgan",
     "HQFolderDataset": "seesr.data.datasets",
     "PairedFolderDataset": "seesr.data.datasets",
+    "derive_seed": "seesr.data.datasets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -218,19 +218,12 @@ def load_degradation_config(path: str | Path | None = None, preset: str = "seesr
         jpeg_range2: [60, 100]
         use_usm: false
     """
-    import yaml
-
-    from seesr.config import config_from_dict
+    from seesr.config import config_from_dict, read_yaml_mapping
 
     base = DegradationConfig.preset(preset)
     if path is None:
         return base
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"degradation config not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of DegradationConfig fields, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "degradation config")
     merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
     unknown = sorted(set(data) - set(merged))
     if unknown:

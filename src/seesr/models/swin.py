@@ -41,6 +41,12 @@ def relative_position_index(window: int) -> torch.Tensor:
 def shifted_window_mask(resolution: int, window: int, shift: int) -> torch.Tensor:
     """``(nW, window², window²)`` additive mask (0 / −100) that keeps cyclically shifted windows apart.
 
+    This is the standard shifted-window attention mask of Swin Transformer (Liu et al., ICCV 2021, §3.2
+    "efficient batch computation for shifted configuration"): after the feature map is rolled by ``shift``,
+    windows on the bottom/right border hold pixels from up to four regions that were not neighbours before the
+    roll. Labelling the map in 3×3 regions (split at ``-window`` and ``-shift`` along each axis) and forbidding
+    attention between tokens of different labels restricts each token to its true neighbours.
+
     Cached: callers must not modify the returned CPU tensor in place.
     """
     img = torch.zeros(resolution, resolution, device="cpu")

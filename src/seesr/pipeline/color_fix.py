@@ -4,12 +4,15 @@ SeeSR ends inference by transferring the colour statistics of the condition imag
 ``lr_up``) onto the generated image, because the diffusion output drifts in colour:
 
 * ``adain``: per-channel mean / standard deviation matching (unbiased variance + 1e-5), the official default;
-* ``wavelet``: keep the high frequencies of the output (5-level à-trous decomposition with a dilated 3x3
-  binomial kernel and replicate padding) and take the low-frequency residual from the reference.
+* ``wavelet``: keep the high frequencies of the output and take the low-frequency residual from the reference,
+  both from a 5-level à-trous wavelet decomposition (a 3x3 binomial kernel with taps ``2**level`` apart and
+  replicated edges). Written here from the method (see docs/decisions.md, "Wavelet colour fix"); the detail bands
+  are summed in closed form, ``image - lowpass(image)``, which matches the official outputs to 1.2e-7 in float
+  and byte for byte after 8-bit conversion on the reference fixtures.
 
-All functions are pure: tensors in ``[0, 1]`` of shape ``(B, 3, H, W)`` in, tensors out. The float math is the
-official one; the result is clamped to ``[0, 1]``. ``to_uint8`` converts with either truncation (what the
-official colour-fix path does via ``ToPILImage``) or rounding (what the official pipeline output does).
+All functions are pure: tensors in ``[0, 1]`` of shape ``(B, 3, H, W)`` in, tensors out; the result is clamped
+to ``[0, 1]``. ``to_uint8`` converts with either truncation (what the official colour-fix path does via
+``ToPILImage``) or rounding (what the official pipeline output does).
 """
 
 from __future__ import annotations
@@ -66,30 +69,46 @@ def adain_float(image: Tensor, reference: Tensor) -> Tensor:
     return (image - img_mean) / img_std * ref_std + ref_mean
 
 
-def _wavelet_blur(x: Tensor, radius: int) -> Tensor:
-    kernel = torch.tensor(
-        [[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]],
-        dtype=x.dtype,
-        device=x.device,
+def _binomial_smooth(x: Tensor, step: int) -> Tensor:
+    """One à-trous smoothing pass: the 3x3 binomial kernel (outer product of ``[1, 2, 1] / 4``) with its taps
+    ``step`` pixels apart, per channel, edges extended by replication.
+
+    Args:
+        x: ``(B, C, H, W)`` float.
+        step: tap spacing (the dilation), ``2**level`` for decomposition level ``level``.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype.
+    """
+    taps = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    weight = torch.outer(taps, taps).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(
+        F.pad(x, (step, step, step, step), mode="replicate"), weight, groups=x.shape[1], dilation=step
     )
-    channels = x.shape[1]
-    kernel = kernel[None, None].repeat(channels, 1, 1, 1)
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    return F.conv2d(padded, kernel, groups=channels, dilation=radius)
 
 
-def _wavelet_decompose(x: Tensor, levels: int = _WAVELET_LEVELS) -> tuple[Tensor, Tensor]:
-    high = torch.zeros_like(x)
-    low = x
-    for i in range(levels):
-        low = _wavelet_blur(x, 2**i)
-        high += x - low
-        x = low
-    return high, low
+def wavelet_lowpass(x: Tensor, levels: int = _WAVELET_LEVELS) -> Tensor:
+    """The coarse residual of an à-trous (undecimated, "with holes") wavelet decomposition of ``x``.
+
+    Level ``i`` smooths the previous level with taps ``2**i`` apart, so after ``levels`` passes only structure
+    wider than about ``2**levels`` pixels is left. The detail bands of the decomposition are the differences
+    between consecutive levels; they add up to ``x - wavelet_lowpass(x)``.
+
+    Args:
+        x: ``(B, C, H, W)`` float.
+        levels: number of smoothing passes (5 in SeeSR).
+
+    Returns:
+        ``(B, C, H, W)``, same dtype.
+    """
+    for level in range(levels):
+        x = _binomial_smooth(x, 2**level)
+    return x
 
 
 def wavelet_float(image: Tensor, reference: Tensor) -> Tensor:
-    """Wavelet colour transfer without clamping (official ``wavelet_reconstruction``).
+    """Wavelet colour transfer without clamping: the detail bands of ``image`` on the coarse residual of
+    ``reference``, i.e. ``(image - lowpass(image)) + lowpass(reference)`` (spec §1.9).
 
     Args:
         image: ``(B, 3, H, W)`` float; its high frequencies are kept.
@@ -100,9 +119,8 @@ def wavelet_float(image: Tensor, reference: Tensor) -> Tensor:
     """
     _check_pair(image, reference)
     dtype = _working_dtype(image)
-    high, _ = _wavelet_decompose(image.to(dtype))
-    _, low = _wavelet_decompose(reference.to(dtype))
-    return high + low
+    image = image.to(dtype)
+    return (image - wavelet_lowpass(image)) + wavelet_lowpass(reference.to(dtype))
 
 
 def adain_color_fix(image: Tensor, reference: Tensor) -> Tensor:

@@ -20,8 +20,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from seesr import weights
 from seesr.errors import WeightsError
 from seesr.models.controlnet import SeeSRControlNet
-from seesr.models.dape import DAPE
 from seesr.models.unet import SeeSRUNet
+from seesr.pipeline.dape_weights import load_dape, load_official_dape, save_dape
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def load_official(
         if tag_list is None or thresholds is None:
             found = weights.find_tag_files(ram_path)
             tag_list, thresholds = tag_list or found[0], thresholds or found[1]
-        dape_model = DAPE.from_official(
+        dape_model = load_official_dape(
             ram_path, dape, tag_list=tag_list, thresholds=thresholds, arch=dape_arch
         )
         dape_model = dape_model.to(_dtype(dape_dtype))
@@ -178,9 +178,7 @@ def load_folder(
     parts = _sd2_parts(root, dt)
     unet = SeeSRUNet.from_pretrained(root, subfolder="unet", torch_dtype=dt)
     controlnet = SeeSRControlNet.from_pretrained(root, subfolder="controlnet", torch_dtype=dt)
-    dape_model = (
-        DAPE.from_pretrained(root / "dape").to(_dtype(dape_dtype)) if (root / "dape").is_dir() else None
-    )
+    dape_model = load_dape(root / "dape").to(_dtype(dape_dtype)) if (root / "dape").is_dir() else None
     pipe = cls(unet=unet, controlnet=controlnet, dape=dape_model, **parts)
     return pipe.to(dev)
 
@@ -192,5 +190,5 @@ def save_folder(pipe: Any, directory: str | Path) -> None:
     for name in ("vae", "text_encoder", "tokenizer", "scheduler", "unet", "controlnet"):
         getattr(pipe, name).save_pretrained(root / name)
     if pipe.dape is not None:
-        pipe.dape.save_pretrained(root / "dape")
+        save_dape(pipe.dape, root / "dape")
     pipe.save_config(root)

@@ -6,7 +6,11 @@ A checkpoint ``<output_dir>/checkpoint-<step>/`` holds:
   safetensors, what ``SeeSRUNet/SeeSRControlNet.from_pretrained`` and the pipeline load); stage 1: ``DAPE.pth``
   (official LoRA key layout) + ``lora.safetensors`` (ours);
 * ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only), ``training_state.json`` (step, config);
-* ``random_states_<rank>.pt``: Python, NumPy, torch CPU and CUDA global RNG states of every process.
+* ``random_states_<rank>.safetensors``: Python, NumPy, torch CPU and CUDA global RNG states of every process
+  (tensors, with the few scalars in the safetensors metadata).
+
+Resuming never unpickles: the ``.pt`` files are read with ``torch.load(weights_only=True)`` and the RNG states are
+plain tensors, so a checkpoint folder from elsewhere cannot run code.
 
 The training draws themselves (diffusion noise, timesteps, null-text coins, degradation, crops, data order) come
 from generators keyed by ``(seed, step, sample position)``, so restoring the step restores them exactly. A folder is
@@ -112,23 +116,48 @@ def find_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+RNG_FILE = "random_states_{rank}.safetensors"
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This process's global RNG states as ``(tensors, metadata)`` for a safetensors file."""
+    version, py_words, gauss_next = random.getstate()
+    np_name, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    tensors = {
+        "python": torch.tensor(py_words, dtype=torch.int64),
+        "numpy": torch.from_numpy(np.asarray(np_key, dtype=np.int64)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = st
+    meta = {
+        "python": json.dumps({"version": version, "gauss_next": gauss_next}),
+        "numpy": json.dumps(
+            {"name": np_name, "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": np_gauss}
+        ),
+    }
+    return tensors, meta
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _set_rng_state(path: Path) -> None:
+    """Restore the global RNG states from a file written by :func:`save_checkpoint` (no unpickling)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    try:
+        py, npy = json.loads(meta["python"]), json.loads(meta["numpy"])
+        random.setstate((py["version"], tuple(tensors["python"].tolist()), py["gauss_next"]))
+        key = tensors["numpy"].numpy().astype(np.uint32)
+        np.random.set_state((npy["name"], key, npy["pos"], npy["has_gauss"], npy["gauss"]))
+        torch.set_rng_state(tensors["torch"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a random-state file written by save_checkpoint ({err})") from err
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(
@@ -155,7 +184,10 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"random_states_{accelerator.process_index}.pt")
+    from safetensors.torch import save_file
+
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, str(tmp / RNG_FILE.format(rank=accelerator.process_index)), metadata=rng_meta)
     if accelerator.is_main_process:
         write_weights(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -181,6 +213,14 @@ def save_checkpoint(
     return final
 
 
+def _load_tensors_only(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``), on CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refusals come in several types; report them as one
+        raise ValueError(f"{path}: not a weights-only checkpoint file ({type(err).__name__}: {err})") from err
+
+
 def load_checkpoint(
     accelerator: Any,
     path: Path,
@@ -195,16 +235,19 @@ def load_checkpoint(
     do not depend on it); the per-process global RNG states are then taken from process 0's file.
     """
     state = json.loads((path / STATE_FILE).read_text())
-    read_weights(path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-    if getattr(accelerator, "scaler", None) is not None and (path / "scaler.pt").is_file():
-        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    rng_file = path / f"random_states_{accelerator.process_index}.pt"
+    rng_file = path / RNG_FILE.format(rank=accelerator.process_index)
     if not rng_file.is_file():
-        rng_file = path / "random_states_0.pt"
-    # our own file: NumPy and Python RNG states are not plain tensors
-    _set_rng_state(torch.load(rng_file, weights_only=False))
+        rng_file = path / RNG_FILE.format(rank=0)
+    if not rng_file.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} has no {RNG_FILE.format(rank=0)} (written by an older seesr?)"
+        )
+    read_weights(path)
+    optimizer.load_state_dict(_load_tensors_only(path / "optimizer.pt"))
+    lr_scheduler.load_state_dict(_load_tensors_only(path / "lr_scheduler.pt"))
+    if getattr(accelerator, "scaler", None) is not None and (path / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(_load_tensors_only(path / "scaler.pt"))
+    _set_rng_state(rng_file)
     logger.info("resumed from %s at step %d", path, state["step"])
     return int(state["step"])
 

@@ -1,6 +1,6 @@
 """Frozen run configurations of the two training stages (spec §4.4, §5; paper §4.1; DESIGN.md §2.3).
 
-Every field has the official/paper default unless noted. ``load_yaml_config(TrainSeeSRConfig, path)`` reads a YAML
+Every field has the official/paper default unless noted. ``load_train_config(TrainSeeSRConfig, path)`` reads a YAML
 file (unknown keys rejected); the resolved config is written next to the run's outputs.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from seesr.config import _check_choice, config_from_dict, config_to_dict
+from seesr.config import _check_choice, config_from_dict, config_to_dict, read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -238,14 +238,7 @@ def load_train_config(cls: type[T], path: str | Path) -> T:
         FileNotFoundError: ``path`` does not exist.
         ValueError: not a mapping, an unknown key, or an invalid value.
     """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     merged = _deep_merge(config_to_dict(cls()), data, str(path))
     return config_from_dict(cls, merged, where=str(path))
 

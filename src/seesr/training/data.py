@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from seesr.training.steps import mix_seed
+from seesr.data.datasets import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         if not self.shuffle:
             return offset
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0x5EED))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0x5EED))
             self._perm = (epoch, torch.randperm(self.n, generator=g))
         return int(self._perm[1][offset])
 
@@ -152,7 +152,7 @@ class HQTrainingData(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, sample_id = key
-        g = torch.Generator().manual_seed(mix_seed(self.seed, sample_id, 0xC809))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, sample_id, 0xC809))
         return {"sample_id": sample_id, "gt": self.images.load(index, g).contiguous(), "prompt": ""}
 
 
@@ -231,7 +231,7 @@ def degrade_online(
         ``(gt_usm (B,3,H,W), cond (B,3,H,W))`` in [0, 1].
     """
     gens = [
-        torch.Generator(device=gt.device).manual_seed(mix_seed(seed, int(sid), 0xDE6))
+        torch.Generator(device=gt.device).manual_seed(derive_seed(seed, int(sid), 0xDE6))
         for sid in sample_ids.tolist()
     ]
     lr, gt_usm = degradation(gt, gens)

@@ -133,9 +133,9 @@ def load_frozen_sd2(sd2_dir: str | Path) -> tuple[nn.Module, nn.Module, Any, Any
 
 def load_soft_prompt(ram_cfg: Any) -> nn.Module:
     """Frozen DAPE (``dape_checkpoint`` set) or plain RAM (``None``, paper Table 7 exp. 2), merged, eval."""
-    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_weights import load_official_dape
 
-    model = DAPE.from_official(
+    model = load_official_dape(
         ram_cfg.ram_checkpoint,
         ram_cfg.dape_checkpoint,
         tag_list=ram_cfg.tag_list,

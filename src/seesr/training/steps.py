@@ -16,16 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from seesr.data.datasets import derive_seed
+from seesr.models.dape import imagenet_normalize
+
 RAM_SIZE = 384
-
-
-def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std`` with the ImageNet statistics (torchvision ``Normalize``), in ``x``'s dtype."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def seesr_ram_input(cond: torch.Tensor) -> torch.Tensor:
@@ -97,7 +91,7 @@ def draw_seesr_noise(
     """
     eps, ts, noise, coins = [], [], [], []
     for sid in sample_ids:
-        g = torch.Generator().manual_seed(mix_seed(seed, step, int(sid)))
+        g = torch.Generator().manual_seed(derive_seed(seed, step, int(sid)))
         eps.append(torch.randn(latent_shape, generator=g))
         ts.append(torch.randint(0, num_train_timesteps, (1,), generator=g))
         noise.append(torch.randn(latent_shape, generator=g))
@@ -108,17 +102,6 @@ def draw_seesr_noise(
         noise=torch.stack(noise).to(device),
         null_text=torch.cat(coins).to(device),
     )
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix64-style mixing, so nearby keys give unrelated streams)."""
-    x = 0x9E3779B97F4A7C15
-    mask = (1 << 64) - 1
-    for p in parts:
-        x = (x ^ (p & mask)) * 0xBF58476D1CE4E5B9 & mask
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & mask
-        x ^= x >> 29
-    return x & ((1 << 63) - 1)
 
 
 def captions_with_null_text(prompts: Sequence[str], null_text: torch.Tensor, ratio: float) -> list[str]:

@@ -4,16 +4,13 @@ Teacher = frozen plain RAM on the HR image; student = the same RAM with rank-8 L
 tagging-head query/key) on the LR image (``sr_bicubic``). Loss = ``feature_weight * MSE(embeds)`` +
 ``logits_weight * BCE(sigmoid(student), sigmoid(teacher))`` (:func:`seesr.training.steps.dape_training_step`).
 Inputs are the official DAPE recipe (bilinear 512² then 384², ImageNet normalisation). Outputs: ``DAPE.pth`` in the
-official key layout (``DAPE.from_official`` and SeeSR's ``--ram_ft_path`` load it), ``lora.safetensors`` (ours) and
-``dape/`` (:meth:`seesr.models.dape.DAPE.save_pretrained`, LoRA merged).
+official key layout (``seesr.load_official_dape`` and SeeSR's ``--ram_ft_path`` load it), ``lora.safetensors`` (ours) and
+``dape/`` (:func:`seesr.pipeline.dape_weights.save_dape`, LoRA merged).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +18,18 @@ import torch
 from torch import nn
 
 from seesr.config import config_to_dict
+from seesr.data.datasets import derive_seed
 from seesr.training.checkpoint import (
-    find_checkpoint,
     load_checkpoint,
-    make_accelerator,
     make_lr_scheduler,
     make_optimizer,
-    save_checkpoint,
     weight_dtype_for,
     write_resolved_config,
 )
 from seesr.training.config import TrainDAPEConfig
 from seesr.training.data import build_loader, degrade_online
-from seesr.training.steps import dape_ram_input, dape_training_step, mix_seed
+from seesr.training.loop import MicroStepResult, StepCallback, run_training_loop, start_run
+from seesr.training.steps import dape_ram_input, dape_training_step
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +52,7 @@ class StudentForward(nn.Module):
 def build_dape_models(cfg: TrainDAPEConfig) -> tuple[Any, Any]:
     """``(student, teacher)``: RAM + trainable unmerged LoRA (from ``ram.dape_checkpoint`` when given, else fresh:
     ``lora_A`` kaiming from a generator seeded by ``run.seed``, ``lora_B`` = 0) and the frozen plain RAM."""
-    from seesr.models.dape import build_student, build_teacher
+    from seesr.training.dape_models import build_student, build_teacher
 
     ram = cfg.ram
     kw: dict[str, Any] = dict(tag_list=ram.tag_list, thresholds=ram.thresholds, arch=ram.arch)
@@ -79,8 +75,9 @@ def save_dape_weights(student: Any, folder: Path, template: str | None, *, merge
     ``lora.safetensors``; with ``merged`` also ``dape/`` (our inference format)."""
     from safetensors.torch import save_file
 
-    from seesr.models.dape import save_official_lora
     from seesr.models.lora import lora_state_dict
+    from seesr.pipeline.dape_lora import save_official_lora
+    from seesr.pipeline.dape_weights import save_dape
 
     folder.mkdir(parents=True, exist_ok=True)
     save_official_lora(folder / OFFICIAL_FILE, student, template)
@@ -90,7 +87,7 @@ def save_dape_weights(student: Any, folder: Path, template: str | None, *, merge
         metadata={"format": "pt", "seesr": "dape-lora"},
     )
     if merged:
-        student.save_pretrained(folder / "dape")
+        save_dape(student, folder / "dape")
 
 
 def _load_lora(student: Any, folder: Path) -> None:
@@ -111,7 +108,7 @@ def train_dape(
     cfg: TrainDAPEConfig,
     *,
     resume: str | None = None,
-    on_step_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_step_end: StepCallback | None = None,
 ) -> Path:
     """Run stage-1 training; returns the output folder (``DAPE.pth``, ``lora.safetensors``, ``dape/``).
 
@@ -122,13 +119,8 @@ def train_dape(
     """
     run = cfg.run
     out = Path(run.output_dir)
-    accelerator = make_accelerator(run)
+    accelerator, ckpt = start_run(run, resume)
     device = accelerator.device
-    ckpt = find_checkpoint(out, resume)
-    if resume is None and find_checkpoint(out, "latest") is not None:
-        raise ValueError(
-            f"{out} already holds checkpoints; pass resume='latest' (CLI --resume) or a new output_dir"
-        )
     torch.manual_seed(run.seed)
     student, teacher = build_dape_models(cfg)
     weight_dtype = weight_dtype_for(accelerator)
@@ -157,96 +149,43 @@ def train_dape(
     def write(folder: Path) -> None:
         save_dape_weights(student, folder, template)
 
-    batches = iter(loader)
-    student.train()
-    for step in range(start, run.max_train_steps):
-        loss_sum = torch.zeros((), device=device)
-        terms = torch.zeros(2, device=device)
-        for micro in range(run.gradient_accumulation_steps):
-            batch = next(batches)
-            gt = batch["gt"].to(device)
-            if degradation is not None:
-                gt, cond = degrade_online(gt, batch["sample_id"], run.seed, degradation)
-            else:
-                cond = batch["cond"].to(device)
-            # drop-path / dropout draws: keyed by (seed, step, micro, process) so a resumed run repeats them
-            student.set_generator(
-                torch.Generator(device=device).manual_seed(
-                    mix_seed(run.seed, step, micro, accelerator.process_index)
-                )
+    def micro_step(batch: dict[str, Any], step: int, micro: int) -> MicroStepResult:
+        gt = batch["gt"].to(device)
+        if degradation is not None:
+            gt, cond = degrade_online(gt, batch["sample_id"], run.seed, degradation)
+        else:
+            cond = batch["cond"].to(device)
+        # drop-path / dropout draws: keyed by (seed, step, micro, process) so a resumed run repeats them
+        student.set_generator(
+            torch.Generator(device=device).manual_seed(
+                derive_seed(run.seed, step, micro, accelerator.process_index)
             )
-            last = micro == run.gradient_accumulation_steps - 1
-            with contextlib.ExitStack() as stack:
-                if not last:
-                    stack.enter_context(accelerator.no_sync(wrapper))
-                with accelerator.autocast():
-                    result = dape_training_step(
-                        student=wrapper,
-                        teacher=teacher,
-                        hr_input=dape_ram_input(gt).to(weight_dtype),
-                        lr_input=dape_ram_input(cond),
-                        feature_weight=cfg.feature_weight,
-                        logits_weight=cfg.logits_weight,
-                    )
-                accelerator.backward(result.loss / run.gradient_accumulation_steps)
-            loss_sum += result.loss.detach() / run.gradient_accumulation_steps
-            terms += (
-                torch.stack([result.l_fea.detach(), result.l_logits.detach()])
-                / run.gradient_accumulation_steps
+        )
+        with accelerator.autocast():
+            result = dape_training_step(
+                student=wrapper,
+                teacher=teacher,
+                hr_input=dape_ram_input(gt).to(weight_dtype),
+                lr_input=dape_ram_input(cond),
+                feature_weight=cfg.feature_weight,
+                logits_weight=cfg.logits_weight,
             )
-        grad_norm = float("nan")
-        if run.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, run.max_grad_norm))
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        loss = float(accelerator.reduce(loss_sum, reduction="mean"))
-        l_fea, l_logits = accelerator.reduce(terms, reduction="mean").tolist()
-        logs = {
-            "loss": loss,
-            "l_fea": l_fea,
-            "l_logits": l_logits,
-            "lr": float(lr_scheduler.get_last_lr()[0]),
-        }
-        logs["grad_norm"] = grad_norm
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {done}")
-        if run.logging_steps and (done % run.logging_steps == 0 or done == run.max_train_steps):
-            logger.info(
-                "step %d/%d loss %.5f (fea %.5f, logits %.5f)",
-                done,
-                run.max_train_steps,
-                loss,
-                l_fea,
-                l_logits,
-            )
-            if run.report_to == "tensorboard":
-                accelerator.log(logs, step=done)
-        if run.checkpointing_steps and done % run.checkpointing_steps == 0 and done < run.max_train_steps:
-            save_checkpoint(
-                accelerator,
-                out,
-                done,
-                write_weights=write,
-                optimizer=optimizer,
-                lr_scheduler=lr_scheduler,
-                config=resolved,
-                total_limit=run.checkpoints_total_limit,
-            )
-        if on_step_end is not None:
-            on_step_end(done, logs)
+        return MicroStepResult(result.loss, {"l_fea": result.l_fea, "l_logits": result.l_logits})
 
-    save_checkpoint(
-        accelerator,
-        out,
-        run.max_train_steps,
-        write_weights=write,
+    student.train()
+    run_training_loop(
+        accelerator=accelerator,
+        run=run,
+        batches=loader,
+        start=start,
+        micro_step=micro_step,
+        params=params,
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
-        config=resolved,
-        total_limit=run.checkpoints_total_limit,
+        ddp_modules=[wrapper],
+        write_weights=write,
+        resolved_config=resolved,
+        on_step_end=on_step_end,
     )
     if accelerator.is_main_process:
         save_dape_weights(student, out, template, merged=True)

@@ -2,18 +2,14 @@
 
 One optimiser step = ``gradient_accumulation_steps`` micro-batches per process; each micro-batch runs
 :func:`seesr.training.steps.seesr_training_step` (ε- or v-MSE, null-text dropout) with per-sample draws keyed by
-(seed, step, sample position), then gradients are all-reduced (DDP), clipped to ``max_grad_norm`` and AdamW steps.
+(seed, step, sample position), then the shared loop (:mod:`seesr.training.loop`) all-reduces (DDP), clips and steps AdamW.
 Outputs (``unet/`` + ``controlnet/``) use the release layout; checkpoints resume bit-exactly (see
 :mod:`seesr.training.checkpoint`). Works on one GPU, many GPUs / nodes (``accelerate launch``, ``torchrun``) and CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +17,15 @@ import torch
 
 from seesr.config import config_to_dict
 from seesr.training.checkpoint import (
-    find_checkpoint,
     load_checkpoint,
-    make_accelerator,
     make_lr_scheduler,
     make_optimizer,
-    save_checkpoint,
     weight_dtype_for,
     write_resolved_config,
 )
 from seesr.training.config import TrainSeeSRConfig
 from seesr.training.data import build_loader, degrade_online
+from seesr.training.loop import MicroStepResult, StepCallback, run_training_loop, start_run
 from seesr.training.models import (
     SeeSRTrainModels,
     configure_trainable,
@@ -43,8 +37,6 @@ from seesr.training.models import (
 from seesr.training.steps import draw_seesr_noise, seesr_training_step
 
 logger = logging.getLogger(__name__)
-
-StepCallback = Callable[[int, dict[str, float]], None]
 
 
 def load_models(cfg: TrainSeeSRConfig) -> SeeSRTrainModels:
@@ -73,9 +65,9 @@ def _load_release_layout(unet: torch.nn.Module, controlnet: torch.nn.Module, fol
 
 def _online_tagger(cfg: TrainSeeSRConfig) -> torch.nn.Module:
     """Plain RAM (no LoRA) as ``make_tags.py`` uses on the GT (spec §5, fixtures README §14.3)."""
-    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_weights import load_official_dape
 
-    model = DAPE.from_official(
+    model = load_official_dape(
         cfg.ram.ram_checkpoint,
         None,
         tag_list=cfg.ram.tag_list,
@@ -105,13 +97,8 @@ def train_seesr(
     """
     run = cfg.run
     out = Path(run.output_dir)
-    accelerator = make_accelerator(run)
+    accelerator, ckpt = start_run(run, resume)
     device = accelerator.device
-    ckpt = find_checkpoint(out, resume)
-    if resume is None and find_checkpoint(out, "latest") is not None:
-        raise ValueError(
-            f"{out} already holds checkpoints; pass resume='latest' (CLI --resume) or a new output_dir"
-        )
 
     # same fresh RCA / ControlNet init on every process (DDP would broadcast rank 0's anyway)
     torch.manual_seed(run.seed)
@@ -171,84 +158,56 @@ def train_seesr(
         accelerator.num_processes,
     )
 
-    batches = iter(loader)
-    for step in range(start, run.max_train_steps):
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(run.gradient_accumulation_steps):
-            batch = next(batches)
-            gt = batch["gt"].to(device)
-            ids = batch["sample_id"]
-            if degradation is not None:
-                gt, cond = degrade_online(gt, ids, run.seed, degradation)
-            else:
-                cond = batch["cond"].to(device)
-            prompts = batch["prompt"]
-            if cfg.data.tags == "none":
-                prompts = [""] * len(prompts)
-            elif tagger is not None:
-                with torch.no_grad():
-                    prompts = [s + "," for s in tagger(gt.to(weight_dtype)).tag_strings]
-            latent_shape = (4, gt.shape[-2] // latent_div, gt.shape[-1] // latent_div)
-            draws = draw_seesr_noise(run.seed, step, ids.tolist(), latent_shape, num_t, device)
-            last = micro == run.gradient_accumulation_steps - 1
-            sync = contextlib.ExitStack()
-            if not last:
-                for m in (controlnet, unet) if unet_trains else (controlnet,):
-                    sync.enter_context(accelerator.no_sync(m))
-            with sync:
-                with accelerator.autocast():
-                    result = seesr_training_step(
-                        unet=unet,
-                        controlnet=controlnet,
-                        vae=models.vae,
-                        text_encoder=models.text_encoder,
-                        tokenizer=models.tokenizer,
-                        noise_scheduler=models.noise_scheduler,
-                        soft_prompt=models.soft_prompt,
-                        gt=gt.to(weight_dtype) if weight_dtype != torch.float32 else gt,
-                        cond=cond,
-                        prompts=prompts,
-                        draws=draws,
-                        null_text_ratio=cfg.null_text_ratio,
-                    )
-                accelerator.backward(result.loss / run.gradient_accumulation_steps)
-            loss_sum += result.loss.detach() / run.gradient_accumulation_steps
-        grad_norm = float("nan")
-        if run.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, run.max_grad_norm))
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        loss = float(accelerator.reduce(loss_sum, reduction="mean"))
-        logs = {"loss": loss, "lr": float(lr_scheduler.get_last_lr()[0]), "grad_norm": grad_norm}
-        logs["step_time_s"] = time.perf_counter() - t0
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {done}")
-        if run.logging_steps and (done % run.logging_steps == 0 or done == run.max_train_steps):
-            logger.info("step %d/%d loss %.5f lr %.3g", done, run.max_train_steps, loss, logs["lr"])
-            if run.report_to == "tensorboard":
-                accelerator.log(logs, step=done)
-        if run.checkpointing_steps and done % run.checkpointing_steps == 0 and done < run.max_train_steps:
-            _save(
-                accelerator, out, done, models, optimizer, lr_scheduler, resolved, run.checkpoints_total_limit
+    def micro_step(batch: dict[str, Any], step: int, micro: int) -> MicroStepResult:
+        gt = batch["gt"].to(device)
+        ids = batch["sample_id"]
+        if degradation is not None:
+            gt, cond = degrade_online(gt, ids, run.seed, degradation)
+        else:
+            cond = batch["cond"].to(device)
+        prompts = batch["prompt"]
+        if cfg.data.tags == "none":
+            prompts = [""] * len(prompts)
+        elif tagger is not None:
+            with torch.no_grad():
+                prompts = [s + "," for s in tagger(gt.to(weight_dtype)).tag_strings]
+        latent_shape = (4, gt.shape[-2] // latent_div, gt.shape[-1] // latent_div)
+        draws = draw_seesr_noise(run.seed, step, ids.tolist(), latent_shape, num_t, device)
+        with accelerator.autocast():
+            result = seesr_training_step(
+                unet=unet,
+                controlnet=controlnet,
+                vae=models.vae,
+                text_encoder=models.text_encoder,
+                tokenizer=models.tokenizer,
+                noise_scheduler=models.noise_scheduler,
+                soft_prompt=models.soft_prompt,
+                gt=gt.to(weight_dtype) if weight_dtype != torch.float32 else gt,
+                cond=cond,
+                prompts=prompts,
+                draws=draws,
+                null_text_ratio=cfg.null_text_ratio,
             )
-        if cfg.validation_steps and done % cfg.validation_steps == 0:
-            _validate(cfg, accelerator, models, done)
-        if on_step_end is not None:
-            on_step_end(done, logs)
+        return MicroStepResult(result.loss)
 
-    _save(
-        accelerator,
-        out,
-        run.max_train_steps,
-        models,
-        optimizer,
-        lr_scheduler,
-        resolved,
-        run.checkpoints_total_limit,
+    def validate(step: int) -> None:
+        if cfg.validation_steps and step % cfg.validation_steps == 0:
+            _validate(cfg, accelerator, models, step)
+
+    run_training_loop(
+        accelerator=accelerator,
+        run=run,
+        batches=loader,
+        start=start,
+        micro_step=micro_step,
+        params=params,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        ddp_modules=[controlnet, unet] if unet_trains else [controlnet],
+        write_weights=lambda p: save_release_layout(models.unet, models.controlnet, p),
+        resolved_config=resolved,
+        after_step=validate,
+        on_step_end=on_step_end,
     )
     if accelerator.is_main_process:
         save_release_layout(models.unet, models.controlnet, out)
@@ -256,19 +215,6 @@ def train_seesr(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
-
-
-def _save(accelerator, out, step, models, optimizer, lr_scheduler, resolved, limit) -> None:
-    save_checkpoint(
-        accelerator,
-        out,
-        step,
-        write_weights=lambda p: save_release_layout(models.unet, models.controlnet, p),
-        optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        config=resolved,
-        total_limit=limit,
-    )
 
 
 def _validate(cfg: TrainSeeSRConfig, accelerator: Any, models: SeeSRTrainModels, step: int) -> None:
