@@ -94,7 +94,7 @@ def test_ui_refuses_a_thin_strip_before_model_work(tmp_path):
 
 def _without_volatile(sidecar: dict) -> dict:
     """Drop what legitimately differs between two runs of one image: paths, times and measured memory."""
-    return {k: v for k, v in sidecar.items() if k not in ("input", "output", "timings", "memory")}
+    return {k: v for k, v in sidecar.items() if k not in ("input", "output", "timings", "memory", "plan")}
 
 
 def test_cli_and_ui_write_identical_files_with_the_tiny_pipeline(tmp_path, fixtures_dir, monkeypatch):
