@@ -76,6 +76,7 @@ def convert_folder(
     *,
     dtype: torch.dtype | str | None = None,
     keep_originals: bool = False,
+    dape_arch: Any = None,
 ) -> ConvertReport:
     """Convert the weights folder ``source`` into ``target`` (may be the same folder).
 
@@ -85,6 +86,7 @@ def convert_folder(
         dtype: dtype of the SD parts ("fp16", "bf16"; default fp32). DAPE stays fp32, as it runs.
         keep_originals: when ``source == target``, keep the raw downloaded files (default: delete them once the
             converted folder is written and recorded). A different ``source`` is never touched.
+        dape_arch: a non-default RAM architecture (the tiny test fixtures).
 
     Raises:
         WeightsError: ``source`` is not a complete weights folder (its DAPE is required).
@@ -98,7 +100,7 @@ def convert_folder(
     raw_paths = [src / d for d in RAW_DIRS]
     before = _size(raw_paths) if (src / "sd2-base").is_dir() else _size([src / d for d in CONVERTED_DIRS])
     has_turbo = (src / "sd-turbo" / "unet").is_dir() or (src / "turbo-unet").is_dir()
-    pipe = load_folder(SeeSRPipeline, src, dtype=dtype, tagger="dape")
+    pipe = load_folder(SeeSRPipeline, src, dtype=dtype, tagger="dape", dape_arch=dape_arch)
     dst.mkdir(parents=True, exist_ok=True)
     tmp = dst / ".convert-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -224,6 +224,7 @@ def load_folder(
     dape_dtype: torch.dtype | str | None = None,
     turbo: bool = False,
     tagger: str = "dape",
+    dape_arch: Any = None,
 ):
     """Load a converted/``save_pretrained`` folder or a ``seesr download`` folder (see the module docstring).
 
@@ -231,6 +232,7 @@ def load_folder(
         turbo: load the sd-turbo UNet + scheduler (preset turbo); an error when the folder has none.
         tagger: "dape" (default; an error when the folder has no DAPE), "ram" (plain RAM: needs the raw
             ``ram/ram_swin_large_14m.pth``), "none" (no tagger).
+        dape_arch: a non-default RAM architecture for the raw checkpoint (see :func:`load_official`).
 
     Raises:
         WeightsError: the folder is neither layout, or a part the arguments ask for is missing.
@@ -243,7 +245,7 @@ def load_folder(
     downloaded = (root / "sd2-base").is_dir() and (root / "seesr").is_dir()
     kw: dict[str, Any] = {"device": device, "dtype": dtype, "dape_dtype": dape_dtype}
     if downloaded and (not converted or tagger == "ram"):
-        return _load_downloaded(cls, root, turbo=turbo, tagger=tagger, **kw)
+        return _load_downloaded(cls, root, turbo=turbo, tagger=tagger, dape_arch=dape_arch, **kw)
     if not converted:
         raise WeightsError(
             f"{root} is not a seesr weights folder: expected model_index.json (from save_pretrained or "
