@@ -145,7 +145,7 @@ HUB_PARTS: tuple[HubPart, ...] = (
             "scheduler/scheduler_config.json",
         ),
         description="SD-Turbo UNet + scheduler (turbo preset)",
-        licence="Stability AI Non-Commercial Research Community License",
+        licence="Stability AI Community License",
         approx_bytes=3.5 * GB,
         optional=True,
         gone_hint=(
