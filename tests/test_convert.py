@@ -110,3 +110,22 @@ def test_turbo_without_sd_turbo_is_refused(downloaded):
     shutil.rmtree(downloaded / "sd-turbo")
     with pytest.raises(WeightsError, match="seesr download .*--turbo"):
         load_folder(SeeSRPipeline, downloaded, turbo=True, tagger="none")
+
+
+def test_cli_download_converts_after_downloading(tmp_path, monkeypatch, fixtures_dir, tiny_ram_hash, capsys):  # noqa: F811
+    from seesr.pipeline import convert as conv_mod
+
+    hub, github = FakeHub(tmp_path / "hub").install(monkeypatch), FakeGitHub().install(monkeypatch)
+    populate(hub, github, fixtures_dir)
+    real = conv_mod.convert_folder
+    monkeypatch.setattr(
+        conv_mod,
+        "convert_folder",
+        lambda *a, **k: real(*a, dape_arch=fixtures_dir / "ram-tiny" / "arch.json", **k),
+    )
+    out = tmp_path / "w"
+    assert main(["download", str(out)]) == 0, capsys.readouterr().err
+    assert weights.is_converted(out) and not (out / "ram").exists() and not (out / "seesr").exists()
+    listed = list(hub.listed)
+    assert weights.ensure_weights(out) == out and hub.listed == listed, "a converted folder is complete"
+    assert main(["download", str(out)]) == 0 and hub.listed == listed, "nothing fetched again"

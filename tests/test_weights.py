@@ -191,7 +191,9 @@ def test_second_process_waits_for_the_lock(net, tiny_ram_hash, tmp_path):
         target=lambda: weights.download_all(out, only=["ram-tags"], notify=lines.append)
     )
     worker.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not any("waiting" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert worker.is_alive() and any("waiting" in line for line in lines)
     assert not (out / "ram").exists(), "nothing written while the first holds the lock"
     lock.release()

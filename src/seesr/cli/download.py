@@ -6,6 +6,13 @@ import argparse
 from pathlib import Path
 
 
+def default_dir() -> Path:
+    """Kept for callers of the old name: :func:`seesr.weights.default_weights_dir`."""
+    from seesr.weights import default_weights_dir
+
+    return default_weights_dir()
+
+
 def register(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name,
