@@ -88,9 +88,7 @@ def ensure_weights(
             to do it offline), or the download failed (see :func:`download_all`).
     """
     root = Path(folder).expanduser()
-    needed = selected_parts(include_optional=turbo, only=None)
-    if turbo and "sd-turbo" not in needed:
-        needed.append("sd-turbo")
+    needed = selected_parts(include_optional=turbo)
     missing = missing_parts(root, needed)
     if not missing:
         return root

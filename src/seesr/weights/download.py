@@ -97,12 +97,12 @@ def _fetch_part(plan: _Plan, folder: Path, manifest: dict[str, Any]) -> None:
                 f"download of {part.description} interrupted: {err}; run again to resume"
             ) from err
         digest = remote.sha256_file(path)
-        expected = [h for h in (f.sha256, part.sha256.get(f.name)) if h]
-        if any(h != digest for h in expected):
+        wrong = [h for h in (f.sha256, part.sha256.get(f.name)) if h and h != digest]
+        if wrong:
             path.unlink()
             raise WeightsError(
-                f"{plan.listing.repo.url()}/{f.name}: SHA-256 {digest} differs from the expected "
-                f"{expected[0] if expected[0] != digest else expected[-1]}; the file was deleted"
+                f"{plan.listing.repo.url()}/{f.name}: SHA-256 {digest} differs from the expected {wrong[-1]}; "
+                "the file was deleted"
             )
         entries.append(
             {"file": f.name, "path": f"{part.name}/{f.name}", "size": path.stat().st_size, "sha256": digest}
