@@ -279,3 +279,11 @@ def test_cli_download_writes_manifest(net, tiny_ram_hash, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
     assert set(manifest["parts"]) >= REQUIRED
+
+
+def test_ensure_weights_never_downloads_over_a_folder_assembled_by_hand(net, tmp_path, fixtures_dir):
+    hub, _ = net
+    (tmp_path / "mine" / "unet").mkdir(parents=True)
+    (tmp_path / "mine" / "model_index.json").write_text("{}")
+    assert weights.ensure_weights(tmp_path / "mine") == tmp_path / "mine"
+    assert hub.listed == []

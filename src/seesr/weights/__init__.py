@@ -65,6 +65,12 @@ def is_converted(folder: str | Path, *, turbo: bool = False) -> bool:
     return bool(covers) and (not turbo or "sd-turbo" in covers)
 
 
+def _assembled_by_hand(root: Path) -> bool:
+    return (root / "model_index.json").is_file() or all(
+        (root / d).is_dir() for d in ("sd2-base", "seesr", "ram")
+    )
+
+
 def ensure_weights(
     folder: str | Path,
     *,
@@ -75,7 +81,9 @@ def ensure_weights(
     """``folder`` once it holds every part a run needs; downloads what is missing when allowed.
 
     A folder is complete when each part (sd2-base, seesr, ram, ram-tags; sd-turbo too when ``turbo``) is
-    downloaded or replaced by a finished ``seesr convert``.
+    downloaded or replaced by a finished ``seesr convert``. A folder without ``manifest.json`` that already has
+    a weights layout (``save_pretrained``, or ``sd2-base/`` + ``seesr/`` + ``ram/`` copied by hand) is returned
+    as it is: it is never downloaded over.
 
     Args:
         folder: the weights folder (usually :func:`default_weights_dir`).
@@ -88,6 +96,8 @@ def ensure_weights(
             to do it offline), or the download failed (see :func:`download_all`).
     """
     root = Path(folder).expanduser()
+    if read_manifest(root) is None and _assembled_by_hand(root):
+        return root  # not ours to complete: the loader checks it and names what is missing
     needed = selected_parts(include_optional=turbo)
     missing = missing_parts(root, needed)
     if not missing:
