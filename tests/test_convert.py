@@ -129,3 +129,21 @@ def test_cli_download_converts_after_downloading(tmp_path, monkeypatch, fixtures
     listed = list(hub.listed)
     assert weights.ensure_weights(out) == out and hub.listed == listed, "a converted folder is complete"
     assert main(["download", str(out)]) == 0 and hub.listed == listed, "nothing fetched again"
+
+
+def test_prepare_weights_downloads_then_converts_once(tmp_path, monkeypatch, fixtures_dir, tiny_ram_hash):  # noqa: F811
+    from seesr.pipeline.convert import prepare_weights
+
+    hub, github = FakeHub(tmp_path / "hub").install(monkeypatch), FakeGitHub().install(monkeypatch)
+    populate(hub, github, fixtures_dir)
+    out, arch = tmp_path / "w", fixtures_dir / "ram-tiny" / "arch.json"
+    assert prepare_weights(out, dape_arch=arch) == out
+    assert weights.is_converted(out) and not (out / "ram").exists()
+    stamp = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    prepare_weights(out, turbo=True, dape_arch=arch)  # fetches sd-turbo only, converts nothing again
+    assert (out / "sd-turbo" / "unet" / "config.json").is_file()
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    from seesr.pipeline.pipeline import SeeSRPipeline
+
+    pipe = SeeSRPipeline.from_pretrained(out, turbo=True)
+    assert pipe.unet_base == "sd-turbo" and pipe.dape is not None

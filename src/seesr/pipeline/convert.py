@@ -144,3 +144,25 @@ def convert_folder(
     if not weights.is_converted(dst, turbo=has_turbo):
         raise WeightsError(f"conversion into {dst} did not complete (files missing after writing)")
     return report
+
+
+def prepare_weights(
+    folder: str | Path,
+    *,
+    turbo: bool = False,
+    allow_download: bool = True,
+    convert: bool = True,
+    dape_arch: Any = None,
+) -> Path:
+    """First-run set-up of a weights folder: :func:`seesr.weights.ensure_weights` (download what is missing),
+    then, once, :func:`convert_folder` in place (raw files removed). An sd-turbo part fetched after the
+    conversion stays raw; the loader combines it with the converted UNet's RCA weights.
+
+    Raises:
+        WeightsError: see :func:`seesr.weights.ensure_weights` and :func:`convert_folder`.
+    """
+    root = weights.ensure_weights(folder, turbo=turbo, allow_download=allow_download)
+    if convert and weights.read_manifest(root) is not None and not weights.is_converted(root):
+        logger.info("converting %s once into the fast-loading layout", root)
+        convert_folder(root, root, dape_arch=dape_arch)
+    return root
