@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "upscale": "upscale",
     "tag": "tag",
     "download": "download",
+    "convert": "convert",
     "make-pairs": "make_pairs",
     "train-dape": "train_dape",
     "train": "train",
