@@ -46,8 +46,7 @@ def release(folder):
 
 
 def test_plain_ram_tags_demo1_as_ram_readme(folder):
-    from seesr import weights
-    from seesr import load_official_dape
+    from seesr import load_official_dape, weights
 
     ckpt = folder / "ram" / "ram_swin_large_14m.pth"
     assert ckpt.is_file(), f"plain RAM needs {ckpt} (download with --keep-originals)"

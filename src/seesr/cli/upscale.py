@@ -534,9 +534,7 @@ def _process(
             sidecar=out.sidecar,
             format=settings.fmt,
             bit_depth=settings.bit_depth,
-            prompt_text=out.output.parent / "txt" / (out.output.stem + ".txt")
-            if args.save_prompts
-            else None,
+            prompt_text=out.output.parent / "txt" / (out.output.stem + ".txt") if args.save_prompts else None,
         )
         steps = tqdm(
             total=sampling.num_inference_steps, desc="  steps", leave=False, disable=None, file=sys.stderr
