@@ -59,8 +59,8 @@ def test_missing_local_path_is_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_hub_id_falls_back_to_mirror(tmp_path, fixtures_dir):
-    _populate(tmp_path / "hub", fixtures_dir)
+def test_hub_id_falls_back_to_mirror(tmp_path, tiny_weights_dir):
+    _populate(tmp_path / "hub", tiny_weights_dir)
     hub = FakeHub(tmp_path / "hub")
     path = weights.resolve(
         "stabilityai/stable-diffusion-2-base",
@@ -82,8 +82,8 @@ def test_offline_error_names_every_source(tmp_path):
     assert "stabilityai/stable-diffusion-2-base, a/b" in msg and "offline?" in msg and "\n" not in msg
 
 
-def test_download_all_then_resume_skips_finished_parts(tmp_path, fixtures_dir):
-    _populate(tmp_path / "hub", fixtures_dir)
+def test_download_all_then_resume_skips_finished_parts(tmp_path, tiny_weights_dir):
+    _populate(tmp_path / "hub", tiny_weights_dir)
     hub = FakeHub(tmp_path / "hub", gone=("stabilityai/stable-diffusion-2-base",))
     out = tmp_path / "weights"
     folders = weights.download_all(out, download=hub)
@@ -101,8 +101,8 @@ def test_download_all_then_resume_skips_finished_parts(tmp_path, fixtures_dir):
     assert hub.calls[len(first) :] == ["CSWRY/SeeSR"]
 
 
-def test_downloaded_folder_loads_as_pipeline(tmp_path, fixtures_dir):
-    _populate(tmp_path / "hub", fixtures_dir)
+def test_downloaded_folder_loads_as_pipeline(tmp_path, tiny_weights_dir):
+    _populate(tmp_path / "hub", tiny_weights_dir)
     out = tmp_path / "weights"
     weights.download_all(out, download=FakeHub(tmp_path / "hub"))
     from seesr.pipeline.loading import load_official
@@ -114,7 +114,7 @@ def test_downloaded_folder_loads_as_pipeline(tmp_path, fixtures_dir):
         out / "seesr",
         ram=out / "ram" / "ram_swin_large_14m.pth",
         dape=out / "seesr" / "DAPE.pth",
-        dape_arch=fixtures_dir / "ram-tiny" / "arch.json",
+        dape_arch=tiny_weights_dir / "ram-tiny" / "arch.json",
     )
     assert pipe.unet.num_rca_modules == 11 and pipe.dape is not None
 
