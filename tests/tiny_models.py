@@ -1,9 +1,9 @@
 """Tiny SeeSR weights built in code, written in the official release layout (a bare clone has no fixtures).
 
 :func:`write_tiny_weights` writes the weight part of the parity-fixture layout (``sd2-tiny/``, ``seesr-tiny/``,
-``ram-tiny/``) plus stand-in input images (``reference/lr/*.png``, ``degradation/gt/*.png``), so every helper that
-takes a fixtures folder (``tests.tiny_pipeline.official_parts``, ``build_tiny_pipeline``, ``load_lr``) works on it
-unchanged. Everything comes from the project's own classes (SeeSRUNet/SeeSRControlNet with RCA, DAPE) and stock
+``ram-tiny/``, ``sd2turbo-tiny/``) plus stand-in inputs (``reference/lr/*.png``, ``degradation/gt/*.png``,
+``reference/train/``), so every helper that takes a fixtures folder (``tests.tiny_pipeline.official_parts``,
+``build_tiny_pipeline``, ``load_lr``) works on it unchanged. Everything comes from the project's own classes (SeeSRUNet/SeeSRControlNet with RCA, DAPE) and stock
 diffusers/transformers ones, seeded; the architectures are those of the fixtures (README §2–4) except a short tag
 list and a small CLIP BPE vocabulary. Nothing here is a reference output: tests that compare against the official
 code's outputs need the real fixtures.
@@ -195,6 +195,19 @@ def write_seesr(folder: Path, generator: torch.Generator) -> None:
     controlnet.save_pretrained(folder / "controlnet")
 
 
+def write_turbo(folder: Path, generator: torch.Generator) -> None:
+    """An sd-turbo-layout folder: a stock UNet (no RCA, same config) + the trailing-spacing Euler scheduler."""
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in UNET_CONFIG.items() if k != "use_image_cross_attention"}
+    unet = UNet2DConditionModel(**config)
+    _perturb(unet, generator)
+    unet.save_pretrained(folder / "unet")
+    sched = {**SD2_SCHEDULER, "_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"}
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=1))
+
+
 def dape_config():
     """The fixtures' reduced RAM Swin (ram-tiny/arch.json) with the short :data:`TAGS` list."""
     from seesr.models.dape import DAPEConfig
@@ -252,11 +265,22 @@ def smooth_image(width: int, height: int, seed: int) -> Image.Image:
 
 
 def write_images(root: Path) -> None:
-    """Stand-ins for ``reference/lr/<name>.png`` and ``degradation/gt/<name>.png`` (same names and sizes)."""
+    """Stand-ins for ``reference/lr/<name>.png``, ``degradation/gt/<name>.png`` (same names and sizes) and the
+    paired training folder ``reference/train/{gt,lr,sr_bicubic,tag}`` (64 px GT, x4 bicubic LR, tag captions)."""
     for folder, images in ((root / "reference" / "lr", LR_IMAGES), (root / "degradation" / "gt", GT_IMAGES)):
         folder.mkdir(parents=True, exist_ok=True)
         for i, (name, (w, h)) in enumerate(sorted(images.items())):
             smooth_image(w, h, seed=SEED + i).save(folder / f"{name}.png")
+    train = root / "reference" / "train"
+    for sub in ("gt", "lr", "sr_bicubic", "tag"):
+        (train / sub).mkdir(parents=True, exist_ok=True)
+    for i, stem in enumerate(("0000001", "0000002")):
+        gt = smooth_image(64, 64, seed=SEED + 100 + i)
+        lr = gt.resize((16, 16), Image.Resampling.BICUBIC)
+        gt.save(train / "gt" / f"{stem}.png")
+        lr.save(train / "lr" / f"{stem}.png")
+        lr.resize((64, 64), Image.Resampling.BICUBIC).save(train / "sr_bicubic" / f"{stem}.png")
+        (train / "tag" / f"{stem}.txt").write_text(", ".join(TAGS[i : i + 3]) + ",", encoding="utf-8")
 
 
 def write_tiny_weights(root: Path, seed: int = SEED) -> Path:
@@ -271,6 +295,7 @@ def write_tiny_weights(root: Path, seed: int = SEED) -> Path:
         write_sd2(root / "sd2-tiny", generator)
         write_seesr(root / "seesr-tiny", generator)
         write_ram(root / "ram-tiny", generator)
+        write_turbo(root / "sd2turbo-tiny", generator)
     finally:
         torch.set_rng_state(state)
     write_images(root)
