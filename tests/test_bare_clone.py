@@ -26,7 +26,8 @@ def test_fixtures_problem_says_what_is_wrong(tmp_path):
 
 
 def _pytest(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SEESR_")}  # CI sets SEESR_REQUIRE_*
+    full_env = {**inherited, **env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])}
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
