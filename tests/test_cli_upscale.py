@@ -604,21 +604,21 @@ def test_sigterm_mid_batch_leaves_complete_outputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_tiny_pipeline_through_cli(tmp_path: Path, fixtures_dir: Path, capsys) -> None:
+def test_real_tiny_pipeline_through_cli(tmp_path: Path, tiny_weights_dir: Path, capsys) -> None:
     """The CLI output equals a direct SeeSRPipeline call on the same file (tiny random weights)."""
     from seesr.config import SamplingConfig, TilingConfig
     from seesr.io import load_image
     from seesr.pipeline.pipeline import SeeSRPipeline
 
-    ram = fixtures_dir / "ram-tiny"
+    ram = tiny_weights_dir / "ram-tiny"
     parts = {
-        "sd2": fixtures_dir / "sd2-tiny",
-        "seesr": fixtures_dir / "seesr-tiny",
+        "sd2": tiny_weights_dir / "sd2-tiny",
+        "seesr": tiny_weights_dir / "seesr-tiny",
         "ram": ram / "ram_tiny.pth",
         "dape": ram / "DAPE_tiny.pth",
         "dape_arch": ram / "arch.json",
     }
-    src = fixtures_dir / "reference" / "lr" / "coffee_48x64.png"
+    src = tiny_weights_dir / "reference" / "lr" / "coffee_48x64.png"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in parts.items()]
     rc = main(["upscale", str(src), "-o", str(tmp_path), "--steps", "2", "--process-size", "64", *flags])
     assert rc == 0, capsys.readouterr().err

@@ -25,11 +25,11 @@ def _one_thread():
 
 
 @pytest.fixture()
-def gt_dir(fixtures_dir, tmp_path):
+def gt_dir(tiny_weights_dir, tmp_path):
     d = tmp_path / "hq"
     d.mkdir()
     for name in ("astronaut", "camera"):
-        shutil.copy(fixtures_dir / "degradation" / "gt" / f"{name}.png", d / f"{name}.png")
+        shutil.copy(tiny_weights_dir / "degradation" / "gt" / f"{name}.png", d / f"{name}.png")
     return d
 
 
@@ -110,8 +110,8 @@ def test_make_pairs_tagger_callable_writes_tag_folder(gt_dir, tmp_path):
     assert ds[0]["tag"] == "tag0, photo,"
 
 
-def test_make_pairs_cli_with_tiny_ram_tagger(gt_dir, tmp_path, fixtures_dir):
-    ram = fixtures_dir / "ram-tiny"
+def test_make_pairs_cli_with_tiny_ram_tagger(gt_dir, tmp_path, tiny_weights_dir):
+    ram = tiny_weights_dir / "ram-tiny"
     out = tmp_path / "r"
     args = [
         "make-pairs",

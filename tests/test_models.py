@@ -19,9 +19,11 @@ SD2_UNET = SD2_BASE_UNET_CONFIG
 
 
 @pytest.fixture(scope="module")
-def tiny(fixtures_dir):
-    unet = SeeSRUNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="unet").eval()
-    controlnet = SeeSRControlNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="controlnet").eval()
+def tiny(tiny_weights_dir):
+    unet = SeeSRUNet.from_pretrained(tiny_weights_dir / "seesr-tiny", subfolder="unet").eval()
+    controlnet = SeeSRControlNet.from_pretrained(
+        tiny_weights_dir / "seesr-tiny", subfolder="controlnet"
+    ).eval()
     return unet, controlnet
 
 
@@ -183,9 +185,9 @@ def test_save_load_round_trip_is_strict_and_official(tiny, tmp_path):
         assert torch.equal(v, again.state_dict()[k]), k
 
 
-def test_missing_and_unexpected_keys_raise_with_names(fixtures_dir, tmp_path):
+def test_missing_and_unexpected_keys_raise_with_names(tiny_weights_dir, tmp_path):
     folder = tmp_path / "unet"
-    shutil.copytree(fixtures_dir / "seesr-tiny" / "unet", folder)
+    shutil.copytree(tiny_weights_dir / "seesr-tiny" / "unet", folder)
     weights = load_file(folder / "diffusion_pytorch_model.safetensors")
     weights.pop("mid_block.image_attentions.0.proj_out.weight")
     weights["bogus.weight"] = torch.zeros(1)
@@ -197,10 +199,10 @@ def test_missing_and_unexpected_keys_raise_with_names(fixtures_dir, tmp_path):
     assert "1 unexpected key(s): bogus.weight" in msg
 
 
-def test_stock_config_without_rca_flag_is_refused_for_release_weights(fixtures_dir, tmp_path):
+def test_stock_config_without_rca_flag_is_refused_for_release_weights(tiny_weights_dir, tmp_path):
     """A config that lost use_image_cross_attention must not silently drop the RCA weights."""
     folder = tmp_path / "unet"
-    shutil.copytree(fixtures_dir / "seesr-tiny" / "unet", folder)
+    shutil.copytree(tiny_weights_dir / "seesr-tiny" / "unet", folder)
     config = json.loads((folder / "config.json").read_text())
     del config["use_image_cross_attention"]
     (folder / "config.json").write_text(json.dumps(config))
@@ -208,11 +210,11 @@ def test_stock_config_without_rca_flag_is_refused_for_release_weights(fixtures_d
         SeeSRUNet.from_pretrained(folder)
 
 
-def test_bin_weights_load_weights_only(fixtures_dir, tmp_path):
+def test_bin_weights_load_weights_only(tiny_weights_dir, tmp_path):
     folder = tmp_path / "controlnet"
     folder.mkdir()
-    shutil.copy(fixtures_dir / "seesr-tiny" / "controlnet" / "config.json", folder)
-    sd = load_file(fixtures_dir / "seesr-tiny" / "controlnet" / "diffusion_pytorch_model.safetensors")
+    shutil.copy(tiny_weights_dir / "seesr-tiny" / "controlnet" / "config.json", folder)
+    sd = load_file(tiny_weights_dir / "seesr-tiny" / "controlnet" / "diffusion_pytorch_model.safetensors")
     torch.save(sd, folder / "diffusion_pytorch_model.bin")
     model = SeeSRControlNet.from_pretrained(folder)
     assert torch.equal(model.state_dict()["controlnet_mid_block.weight"], sd["controlnet_mid_block.weight"])
@@ -253,9 +255,9 @@ def test_controlnet_from_unet_copies_encoder_and_zero_inits_outputs(tiny):
             assert not csd[k].any(), k
 
 
-def test_turbo_assembly_takes_each_key_from_the_right_file(fixtures_dir):
-    base = fixtures_dir / "sd2turbo-tiny" / "unet"
-    seesr = fixtures_dir / "seesr-tiny" / "unet"
+def test_turbo_assembly_takes_each_key_from_the_right_file(tiny_weights_dir):
+    base = tiny_weights_dir / "sd2turbo-tiny" / "unet"
+    seesr = tiny_weights_dir / "seesr-tiny" / "unet"
     model, provenance = SeeSRUNet.from_base_and_rca(base, seesr)
     base_sd = load_file(base / "diffusion_pytorch_model.safetensors")
     seesr_sd = load_file(seesr / "diffusion_pytorch_model.safetensors")
@@ -274,8 +276,8 @@ def test_turbo_assembly_takes_each_key_from_the_right_file(fixtures_dir):
     assert model.config.use_image_cross_attention is True
 
 
-def test_turbo_assembly_reports_missing_rca(fixtures_dir, tmp_path):
+def test_turbo_assembly_reports_missing_rca(tiny_weights_dir, tmp_path):
     with pytest.raises(WeightsError, match="286 missing key"):
         SeeSRUNet.from_base_and_rca(
-            fixtures_dir / "sd2turbo-tiny" / "unet", fixtures_dir / "sd2turbo-tiny" / "unet"
+            tiny_weights_dir / "sd2turbo-tiny" / "unet", tiny_weights_dir / "sd2turbo-tiny" / "unet"
         )

@@ -12,13 +12,13 @@ from tests.tiny_pipeline import build_tiny_pipeline, load_lr
 
 
 @pytest.fixture(scope="module")
-def pipe(fixtures_dir):
-    return build_tiny_pipeline(fixtures_dir)
+def pipe(tiny_weights_dir):
+    return build_tiny_pipeline(tiny_weights_dir)
 
 
 @pytest.fixture(scope="module")
-def lr(fixtures_dir):
-    return load_lr(fixtures_dir, "coffee_48x64")
+def lr(tiny_weights_dir):
+    return load_lr(tiny_weights_dir, "coffee_48x64")
 
 
 class Recorder:
@@ -198,11 +198,11 @@ def test_from_pretrained_rejects_unknown_folder(tmp_path):
         SeeSRPipeline.from_pretrained(tmp_path)
 
 
-def test_bf16_pipeline_keeps_dape_in_fp32_and_returns_float32(fixtures_dir, lr):
+def test_bf16_pipeline_keeps_dape_in_fp32_and_returns_float32(tiny_weights_dir, lr):
     from seesr.pipeline.pipeline import SeeSRPipeline
     from tests.tiny_pipeline import official_parts
 
-    pipe16 = SeeSRPipeline.from_official(**official_parts(fixtures_dir), device="cpu", dtype="bf16")
+    pipe16 = SeeSRPipeline.from_official(**official_parts(tiny_weights_dir), device="cpu", dtype="bf16")
     assert pipe16.unet.dtype == torch.bfloat16 and pipe16.vae.dtype == torch.bfloat16
     assert pipe16.dape.dtype == torch.float32
     result = pipe16(lr, SamplingConfig(num_inference_steps=2, process_size=64), show_progress=False)

@@ -17,9 +17,9 @@ def _jump_ratio(img: torch.Tensor, cols: set[int], rows: set[int]) -> float:
     return float(torch.stack(border).mean() / torch.cat([dx, dy]).mean())
 
 
-def test_tile_borders_do_not_stand_out(fixtures_dir):
+def test_tile_borders_do_not_stand_out(tiny_weights_dir):
     """Measured (tiny model, 2 steps, smooth 80x56 input, latent 28x40, tile 16, overlap 8): ratio ≈ 1.0."""
-    pipe = build_tiny_pipeline(fixtures_dir)
+    pipe = build_tiny_pipeline(tiny_weights_dir)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 56), torch.linspace(0, 1, 80), indexing="ij")
     lr = torch.stack([xx, yy, 0.5 * (xx + yy)])[None]
     tiling = TilingConfig(latent_tile_size=16, latent_tile_overlap=8)

@@ -133,7 +133,7 @@ def tiny_dape_config(fixtures_dir, output_dir, **run) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dape_runs(fixtures_dir, tmp_path_factory):
+def dape_runs(tiny_weights_dir, tmp_path_factory):
     """A fresh 3-step DAPE run through the CLI, and the same run killed after step 3 (checkpoint at 2) + resumed."""
     from seesr.cli import main
     from seesr.training.config import TrainDAPEConfig, load_train_config
@@ -144,7 +144,7 @@ def dape_runs(fixtures_dir, tmp_path_factory):
     paths = {
         name: write_yaml(
             root / f"{name}.yaml",
-            tiny_dape_config(fixtures_dir, root / name, max_train_steps=3, checkpointing_steps=2),
+            tiny_dape_config(tiny_weights_dir, root / name, max_train_steps=3, checkpointing_steps=2),
         )
         for name in ("a", "b")
     }
@@ -161,10 +161,10 @@ def dape_runs(fixtures_dir, tmp_path_factory):
     return root
 
 
-def test_trained_dape_pth_has_the_official_layout_and_loads(dape_runs, fixtures_dir):
+def test_trained_dape_pth_has_the_official_layout_and_loads(dape_runs, tiny_weights_dir):
     from seesr.pipeline.dape_weights import load_dape, load_official_dape
 
-    ram = fixtures_dir / "ram-tiny"
+    ram = tiny_weights_dir / "ram-tiny"
     trained = torch.load(dape_runs / "a" / "DAPE.pth", weights_only=True)
     official = torch.load(ram / "DAPE_tiny.pth", weights_only=True)
     assert list(trained) == list(official)
@@ -189,18 +189,18 @@ def test_killed_dape_run_resumes_bit_identical(dape_runs):
     assert any(not torch.equal(a[k], mid[k]) for k in a)
 
 
-def test_dape_trains_from_hq_images_with_online_degradation(fixtures_dir, tmp_path):
+def test_dape_trains_from_hq_images_with_online_degradation(tiny_weights_dir, tmp_path):
     from seesr.cli import main
     from tests.test_train_seesr import write_yaml
 
-    cfg = tiny_dape_config(fixtures_dir, tmp_path / "out", max_train_steps=1, train_batch_size=2)
+    cfg = tiny_dape_config(tiny_weights_dir, tmp_path / "out", max_train_steps=1, train_batch_size=2)
     cfg["data"] = dict(
-        hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")], resolution=64, tags="none"
+        hq_roots=[str(tiny_weights_dir / "reference" / "train" / "gt")], resolution=64, tags="none"
     )
     with one_thread():
         assert main(["train-dape", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0
     trained = torch.load(tmp_path / "out" / "DAPE.pth", weights_only=True)
-    official = torch.load(fixtures_dir / "ram-tiny" / "DAPE_tiny.pth", weights_only=True)
+    official = torch.load(tiny_weights_dir / "ram-tiny" / "DAPE_tiny.pth", weights_only=True)
     assert list(trained) == list(official)
     state = json.loads((tmp_path / "out" / "checkpoint-1" / "training_state.json").read_text())
     assert state["step"] == 1 and state["config"]["data"]["hq_roots"]

@@ -22,17 +22,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_at_the_same_global_batch(fixtures_dir, tmp_path):
+def test_two_processes_match_one_process_at_the_same_global_batch(tiny_weights_dir, tmp_path):
     from seesr.cli import main
 
     # Adam's first steps move every weight by ~lr * sign(g); for gradients at the 1e-8 level (some biases here)
     # the sign is float noise, so a larger epsilon keeps the comparison about the gradients, not that noise
     common = dict(adam_epsilon=1e-3, max_train_steps=2)
     one = write_yaml(
-        tmp_path / "one.yaml", tiny_seesr_config(fixtures_dir, tmp_path / "one", train_batch_size=2, **common)
+        tmp_path / "one.yaml",
+        tiny_seesr_config(tiny_weights_dir, tmp_path / "one", train_batch_size=2, **common),
     )
     two = write_yaml(
-        tmp_path / "two.yaml", tiny_seesr_config(fixtures_dir, tmp_path / "two", train_batch_size=1, **common)
+        tmp_path / "two.yaml",
+        tiny_seesr_config(tiny_weights_dir, tmp_path / "two", train_batch_size=1, **common),
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT / "src"))
     cmd = [
@@ -49,7 +51,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(fixtures_dir, 
     assert state_two["num_processes"] == 2 and state_one["num_processes"] == 1
     assert (tmp_path / "two" / "checkpoint-2" / "random_states_1.safetensors").is_file()
     w1, w2 = load_folder_weights(tmp_path / "one"), load_folder_weights(tmp_path / "two")
-    start = load_folder_weights(fixtures_dir / "seesr-tiny")
+    start = load_folder_weights(tiny_weights_dir / "seesr-tiny")
     assert w1.keys() == w2.keys() == start.keys()
     moved = max(float((w1[k] - start[k]).abs().max()) for k in w1)
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
@@ -62,13 +64,13 @@ def test_two_processes_match_one_process_at_the_same_global_batch(fixtures_dir, 
 
 
 @pytest.mark.slow
-def test_dape_two_processes_match_one_process(fixtures_dir, tmp_path):
+def test_dape_two_processes_match_one_process(tiny_weights_dir, tmp_path):
     """Stage 1 likewise (dropout off: its masks are drawn per process and micro-batch)."""
     from seesr.cli import main
     from tests.test_train_dape import tiny_dape_config
 
     def cfg(name, batch):
-        c = tiny_dape_config(fixtures_dir, tmp_path / name, train_batch_size=batch, adam_epsilon=1e-3)
+        c = tiny_dape_config(tiny_weights_dir, tmp_path / name, train_batch_size=batch, adam_epsilon=1e-3)
         c.update(drop_path_rate=0.0, head_dropout=0.0)
         return write_yaml(tmp_path / f"{name}.yaml", c)
 

@@ -228,7 +228,7 @@ def load_folder_weights(folder) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(fixtures_dir, tmp_path_factory):
+def killed_and_resumed(tiny_weights_dir, tmp_path_factory):
     """Run A: 3 steps uninterrupted. Run B: killed after step 3 (checkpoint at 2), then resumed via the CLI."""
     from seesr.cli import main
     from seesr.training.config import TrainSeeSRConfig, load_train_config
@@ -241,7 +241,7 @@ def killed_and_resumed(fixtures_dir, tmp_path_factory):
             cfg_path = write_yaml(
                 root / f"{name}.yaml",
                 tiny_seesr_config(
-                    fixtures_dir, root / name, max_train_steps=3, train_batch_size=1, gradient_accumulation_steps=2,
+                    tiny_weights_dir, root / name, max_train_steps=3, train_batch_size=1, gradient_accumulation_steps=2,
                     checkpointing_steps=2,
                 ),
             )  # fmt: skip
@@ -272,11 +272,11 @@ def test_killed_run_resumes_bit_identical(killed_and_resumed):
         assert all(torch.equal(st[k], opt_b["state"][i][k]) for k in st)
 
 
-def test_trained_folder_loads_like_the_release(killed_and_resumed, fixtures_dir):
+def test_trained_folder_loads_like_the_release(killed_and_resumed, tiny_weights_dir):
     out = killed_and_resumed / "a"
     unet = SeeSRUNet.from_pretrained(out, subfolder="unet")
     controlnet = SeeSRControlNet.from_pretrained(out, subfolder="controlnet")
-    ref = SeeSRUNet.from_pretrained(fixtures_dir / "seesr-tiny", subfolder="unet")
+    ref = SeeSRUNet.from_pretrained(tiny_weights_dir / "seesr-tiny", subfolder="unet")
     assert unet.config.use_image_cross_attention and controlnet.config.use_image_cross_attention
     trained, start = unet.state_dict(), ref.state_dict()
     assert trained.keys() == start.keys()
@@ -311,27 +311,27 @@ def make_tiny_sd2_base(fixtures_dir, folder, *, prediction_type="epsilon"):
     return folder
 
 
-def test_fresh_start_from_sd2_with_online_degradation_tags_and_v_loss(fixtures_dir, tmp_path):
+def test_fresh_start_from_sd2_with_online_degradation_tags_and_v_loss(tiny_weights_dir, tmp_path):
     """SD-2 start (fresh RCA, ControlNet from the UNet), HQ-only data degraded online, tags from a frozen RAM, and
     a v-prediction base: one step runs and the outputs load strictly."""
     from seesr.cli import main
     from seesr.training.models import unet_from_sd2
 
-    base = make_tiny_sd2_base(fixtures_dir, tmp_path / "sd2", prediction_type="v_prediction")
+    base = make_tiny_sd2_base(tiny_weights_dir, tmp_path / "sd2", prediction_type="v_prediction")
     fresh = unet_from_sd2(base)
     stock = load_file(base / "unet" / "diffusion_pytorch_model.safetensors")
     state = fresh.state_dict()
     assert all(torch.equal(state[k], v) for k, v in stock.items())
     assert len(state) - len(stock) == 286  # the fresh RCA tensors
-    cfg = tiny_seesr_config(fixtures_dir, tmp_path / "out", max_train_steps=1, report_to="tensorboard")
+    cfg = tiny_seesr_config(tiny_weights_dir, tmp_path / "out", max_train_steps=1, report_to="tensorboard")
     cfg.update(
         pretrained_model=str(base),
         init_from=None,
         validation_steps=1,
-        validation_images=[str(fixtures_dir / "reference" / "lr" / "coffee_48x64.png")],
+        validation_images=[str(tiny_weights_dir / "reference" / "lr" / "coffee_48x64.png")],
         validation_inference_steps=1,
         data=dict(
-            hq_roots=[str(fixtures_dir / "reference" / "train" / "gt")],
+            hq_roots=[str(tiny_weights_dir / "reference" / "train" / "gt")],
             resolution=64,
             tags="online",
             hq_min_pixels=0,  # the fixture GTs are 64 px, far below the official 384² filter
@@ -376,17 +376,17 @@ def test_v_prediction_base_trains_on_the_velocity(step_result, fixtures_dir):
     assert (out.model_pred - ref["model_pred"]).abs().max() <= 1e-5 * max(1.0, ref["model_pred"].abs().max())
 
 
-def test_controlnet_only_ablation_trains_without_rca(fixtures_dir, tmp_path):
+def test_controlnet_only_ablation_trains_without_rca(tiny_weights_dir, tmp_path):
     """Paper Table 7 exp. 1: no DAPE, no RCA, empty captions; the UNet gets no trainable parameters."""
     from seesr.cli import main
 
-    base = make_tiny_sd2_base(fixtures_dir, tmp_path / "sd2")
-    cfg = tiny_seesr_config(fixtures_dir, tmp_path / "out", max_train_steps=1)
+    base = make_tiny_sd2_base(tiny_weights_dir, tmp_path / "sd2")
+    cfg = tiny_seesr_config(tiny_weights_dir, tmp_path / "out", max_train_steps=1)
     cfg.update(
         pretrained_model=str(base),
         init_from=None,
         use_rca=False,
-        data=dict(paired_roots=[str(fixtures_dir / "reference" / "train")], resolution=64, tags="none"),
+        data=dict(paired_roots=[str(tiny_weights_dir / "reference" / "train")], resolution=64, tags="none"),
     )
     with one_thread():
         assert main(["train", "--config", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0

@@ -86,8 +86,8 @@ COFFEE = "reference/lr/coffee_48x64.png"
 
 
 @pytest.fixture
-def coffee(fixtures_dir: Path) -> Path:
-    return fixtures_dir / COFFEE
+def coffee(tiny_weights_dir: Path) -> Path:
+    return tiny_weights_dir / COFFEE
 
 
 @pytest.fixture
@@ -537,10 +537,10 @@ def test_cli_turbo_opens_on_the_turbo_preset(launches, tmp_path, monkeypatch):
     assert props["seesr-steps"]["value"] == 2 and props["seesr-guidance"]["value"] == 1.0
 
 
-def test_cli_examples_folder(launches, tmp_path, fixtures_dir):
+def test_cli_examples_folder(launches, tmp_path, tiny_weights_dir):
     ex = tmp_path / "ex"
     ex.mkdir()
-    shutil.copy(fixtures_dir / COFFEE, ex / "coffee.png")
+    shutil.copy(tiny_weights_dir / COFFEE, ex / "coffee.png")
     (ex / "notes.txt").write_text("not an example")
     assert main(["ui", "--examples", str(ex), "--output-dir", str(tmp_path)]) == 0
     assert main(["ui", "--examples", str(tmp_path / "nope")]) == 1  # one-line error, exit 1
@@ -581,25 +581,25 @@ def test_cli_serves_the_page_in_a_subprocess(tmp_path):
 
 
 @functools.lru_cache(maxsize=1)
-def tiny_pipeline(fixtures_dir: Path):
+def tiny_pipeline(tiny_weights_dir: Path):
     """The tiny official-format pipeline loaded the way `seesr ui --sd2 ... --dape-arch ...` loads it; built
     once per test session (shared with the browser test)."""
     import seesr.cli.ui as cli_ui
     from seesr.cli import build_parser
 
     argv = ["ui", "--device", "cpu", "--dtype", "fp32"]
-    for part, path in official_parts(fixtures_dir).items():
+    for part, path in official_parts(tiny_weights_dir).items():
         argv += [f"--{part.replace('_', '-')}", str(path)]
     return cli_ui.load_pipeline(build_parser().parse_args(argv))
 
 
-def test_tiny_pipeline_through_the_ui(tmp_path, fixtures_dir):
+def test_tiny_pipeline_through_the_ui(tmp_path, tiny_weights_dir):
     """The real SeeSRPipeline (tiny official-format weights) behind the page: DAPE tags shown, edited, used."""
-    pipe = tiny_pipeline(fixtures_dir)
+    pipe = tiny_pipeline(tiny_weights_dir)
     # process_size 64 keeps the tiny UNet's latents small instead of enlarging the result to 512 px.
     app = build_app(pipe, output_dir=tmp_path, sampling_defaults=SamplingConfig(process_size=64))
     on_file, on_run = _handler(app, "on_file").fn, _handler(app, "on_run").fn
-    state, _, tags_update, status, *_ = on_file(str(fixtures_dir / COFFEE), REQ)
+    state, _, tags_update, status, *_ = on_file(str(tiny_weights_dir / COFFEE), REQ)
     dape_tags = tags_update["value"]
     assert dape_tags and f"DAPE found {len(dape_tags)} tag(s)" in status
     edited = ["espresso", *dape_tags[1:]]

@@ -126,9 +126,9 @@ def _run_and_wait(s: Served, run_no: int) -> None:
     s.page.locator(f"#seesr-files a[download$='_{run_no:03d}.json']").wait_for()
 
 
-def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_path):
+def test_upload_run_edit_tags_rerun_and_broken_file(browser, tiny_weights_dir, tmp_path):
     started = time.perf_counter()
-    pipe = tiny_pipeline(fixtures_dir)
+    pipe = tiny_pipeline(tiny_weights_dir)
     # One step at x2 with a small process size keeps the tiny model's work to seconds on 2 CPU cores.
     defaults = SamplingConfig(num_inference_steps=1, upscale=2.0, process_size=64)
     app = build_app(pipe, output_dir=tmp_path / "out", sampling_defaults=defaults)
@@ -136,7 +136,7 @@ def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_p
     try:
         page = s.page
         assert "Upload an image to start" in s.status()
-        _upload(s, fixtures_dir / COFFEE)
+        _upload(s, tiny_weights_dir / COFFEE)
         assert "DAPE found" in s.wait_status("DAPE found")
         dape_tags = s.tags()
         assert dape_tags, "DAPE's tags should be shown as editable chips"
@@ -182,7 +182,7 @@ def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_p
         assert sidecar2["tags"] == edited and sidecar2["tags_override"] is True and sidecar2["seed"] == 123
 
         # A broken (truncated) PNG: one clear line in the page, the previous result cleared, no image shown.
-        data = (fixtures_dir / COFFEE).read_bytes()
+        data = (tiny_weights_dir / COFFEE).read_bytes()
         broken = tmp_path / "broken.png"
         broken.write_bytes(data[: len(data) // 2])
         _upload(s, broken)
@@ -198,12 +198,12 @@ def test_upload_run_edit_tags_rerun_and_broken_file(browser, fixtures_dir, tmp_p
     assert time.perf_counter() - started < 120  # a hang shows up here, not as a stuck CI job
 
 
-def test_example_preset_progress_bar_and_cancel(browser, fixtures_dir, tmp_path):
+def test_example_preset_progress_bar_and_cancel(browser, tiny_weights_dir, tmp_path):
     stub = StubPipeline(delay=0.4)
     app = build_app(
         stub,
         output_dir=tmp_path / "out",
-        examples=[fixtures_dir / COFFEE],
+        examples=[tiny_weights_dir / COFFEE],
         sampling_defaults=SamplingConfig(num_inference_steps=40),
     )
     s = Served(browser, app)

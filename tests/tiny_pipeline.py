@@ -1,4 +1,5 @@
-"""Builds the tiny SeeSR pipeline from ../shared/fixtures (official-format random weights)."""
+"""Builds the tiny SeeSR pipeline from a folder in the fixtures' layout: ../shared/fixtures (official-format random
+weights) or its stand-in written in code by :func:`tests.tiny_models.write_tiny_weights` (``tiny_weights_dir``)."""
 
 from __future__ import annotations
 
