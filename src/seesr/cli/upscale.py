@@ -282,7 +282,10 @@ def _prepare_out_dir(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with _sigterm_as_interrupt():
+    from seesr.run.distributed import session
+
+    with _sigterm_as_interrupt(), session(args.device) as world:  # torchrun/accelerate: one rank's share
+        args.device = world.device
         return _run(args)
 
 
@@ -308,14 +311,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     from seesr import io
+    from seesr.run.distributed import current, processed_pixels
     from seesr.run.guard import check_input
 
+    world = current()
     if not args.output:
         raise ValueError("pass the output folder with -o OUTDIR")
     settings = _resolve(args)
     out_dir = Path(args.output)
-    inputs = io.list_inputs(settings.inputs, exclude=[out_dir])
+    inputs = io.list_inputs(settings.inputs, exclude=[out_dir]) if world.is_main else []  # rank 0 plans
     _prepare_out_dir(out_dir)
+    world.check_shared_folder(out_dir)
     suffixes = [""] if settings.sample_times == 1 else [f"_s{k:02d}" for k in range(settings.sample_times)]
     plans = [
         io.plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s)
@@ -331,6 +337,7 @@ def _run(args: argparse.Namespace) -> int:
         _emit(f"{path}: {reason}")
 
     jobs: list[tuple[io.InputFile, list[tuple[int, io.OutputPlan]]]] = []
+    costs: list[int] = []  # processed pixels, to balance the ranks
     skipped = 0
     for i, item in enumerate(inputs):
         mine = [(k, p[i]) for k, p in enumerate(plans)]
@@ -346,7 +353,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            check_input(
+            info = check_input(
                 item.path,
                 settings.sampling,
                 max_pixels=max_pixels,
@@ -358,6 +365,8 @@ def _run(args: argparse.Namespace) -> int:
             fail(item.path, _reason(err, item.path))
             continue
         jobs.append((item, todo))
+        costs.append(processed_pixels(info.width, info.height, settings.sampling) * len(todo))
+    jobs = world.share_jobs(jobs, costs)  # every rank: its share of rank 0's plan
 
     written = 0
     if jobs:
@@ -371,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"out of memory while loading the weights: {_reason(err, Path())}") from None
         from tqdm import tqdm
 
-        bar = tqdm(jobs, desc="upscale", unit="img", disable=None, file=sys.stderr)
+        bar = tqdm(jobs, desc="upscale", unit="img", disable=None if world.is_main else True, file=sys.stderr)
         try:
             for item, todo in bar:
                 bar.set_postfix_str(item.path.name, refresh=False)
@@ -391,9 +400,16 @@ def _run(args: argparse.Namespace) -> int:
             )
             raise
         bar.close()
-    summary = f"seesr upscale: {written} written, {skipped} skipped (exist), {len(failures)} failed"
-    print(summary)
-    return 1 if failures else 0
+    per_rank = world.gather_at_end((written, len(failures)))  # one collective, after the loop
+    written, n_failed = sum(w for w, _ in per_rank), sum(f for _, f in per_rank)
+    summary = f"seesr upscale: {written} written, {skipped} skipped (exist), {n_failed} failed"
+    if world.is_distributed:
+        summary += "; per rank: " + ", ".join(
+            f"{r}: {w} written, {f} failed" for r, (w, f) in enumerate(per_rank)
+        )
+    if world.is_main:
+        print(summary)
+    return 1 if n_failed else 0
 
 
 def _emit(line: str) -> None:
@@ -426,6 +442,7 @@ def _process(
     from tqdm import tqdm
 
     from seesr import io
+    from seesr.run.distributed import current
     from seesr.run.job import OutputTarget, upscale_image
 
     img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
@@ -451,7 +468,11 @@ def _process(
             else None,
         )
         steps = tqdm(
-            total=sampling.num_inference_steps, desc="  steps", leave=False, disable=None, file=sys.stderr
+            total=sampling.num_inference_steps,
+            desc="  steps",
+            leave=False,
+            disable=None if current().is_main else True,
+            file=sys.stderr,
         )
 
         def callback(step: int, total: int, bar: Any = steps) -> None:
@@ -470,7 +491,11 @@ def _process(
                 preset=settings.preset or "default",
                 input_name=str(item.path),
                 callback=callback,
-                extra={"sample_index": k, "dtype_requested": settings.dtype or "auto"},
+                extra={
+                    "sample_index": k,
+                    "dtype_requested": settings.dtype or "auto",
+                    **current().sidecar_fields(),
+                },
             )
         finally:
             steps.close()
