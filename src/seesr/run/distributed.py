@@ -298,7 +298,7 @@ def session(device: str | None = None, *, env: Mapping[str, str] | None = None) 
     except ValueError:
         raise ValueError(f"SEESR_DIST_TIMEOUT={raw!r} is not a number of seconds") from None
     on_cuda = dev is not None and dev.startswith("cuda")
-    if on_cuda:
+    if on_cuda and dev is not None:
         torch.cuda.set_device(torch.device(dev))  # before the group starts: NCCL binds to it
     dist.init_process_group(
         backend="nccl" if on_cuda else "gloo",
