@@ -123,7 +123,8 @@ def _env() -> dict[str, str]:
 
 def _sidecar(path: Path) -> dict:
     side = json.loads(path.read_text())
-    side.pop("timings")
+    side.pop("timings")  # what the run cost: measured, not a result
+    side.pop("memory", None)
     side["output"] = Path(side["output"]).name
     return side
 

@@ -69,3 +69,44 @@ def test_cli_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def _pil_image_opens(tree: ast.AST) -> list[int]:
+    """Lines that open an image file with Pillow: ``Image.open(...)``, ``PIL.Image.open(...)``, or ``open``
+    imported from ``PIL.Image``."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "open":
+            owner = node.func.value
+            if (isinstance(owner, ast.Name) and owner.id == "Image") or (
+                isinstance(owner, ast.Attribute) and owner.attr == "Image"
+            ):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "PIL.Image":
+            lines += [node.lineno for a in node.names if a.name == "open"]
+    return lines
+
+
+def test_images_are_opened_only_by_io():
+    """seesr.io is the only reader (16-bit data, EXIF orientation, caps before decoding): no module outside
+    seesr/io/ opens an image file with Pillow."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if _layer(path) == "io":
+            continue
+        found += [f"{path.relative_to(SRC)}:{n}" for n in _pil_image_opens(ast.parse(path.read_text()))]
+    assert not found, "Image.open outside seesr/io/ (read through seesr.io instead): " + ", ".join(found)
+    assert _pil_image_opens(
+        ast.parse("from PIL import Image\nImage.open('x')\nimport PIL\nPIL.Image.open('y')")
+    )
+
+
+def test_one_image_extension_list():
+    """One list of image file extensions (seesr.io.IMAGE_EXTENSIONS); other modules import it. (Output formats
+    name their own default extension, e.g. ".webp" in seesr/io/writing.py, so only input-only spellings count.)"""
+    owners: dict[str, set[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in (".tiff", ".jpeg", ".bmp"):
+                owners.setdefault(str(node.value), set()).add(str(path.relative_to(SRC)))
+    assert owners == {ext: {"io/listing.py"} for ext in (".tiff", ".jpeg", ".bmp")}

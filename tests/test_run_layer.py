@@ -93,8 +93,8 @@ def test_ui_refuses_a_thin_strip_before_model_work(tmp_path):
 
 
 def _without_volatile(sidecar: dict) -> dict:
-    """Drop what legitimately differs between two runs of one image: paths and times."""
-    return {k: v for k, v in sidecar.items() if k not in ("input", "output", "timings")}
+    """Drop what legitimately differs between two runs of one image: paths, times and measured memory."""
+    return {k: v for k, v in sidecar.items() if k not in ("input", "output", "timings", "memory")}
 
 
 def test_cli_and_ui_write_identical_files_with_the_tiny_pipeline(tmp_path, fixtures_dir, monkeypatch):
@@ -176,3 +176,54 @@ def test_job_refuses_a_caller_field_that_would_replace_one_of_its_own(tmp_path):
             extra={"seed": 1},
         )
     assert Path(target.image).is_file() and not Path(target.sidecar).exists()
+
+
+# -- web UI footprint -----------------------------------------------------------------------------------------
+
+
+class _Bicubic:
+    """Stands in for SeeSRPipeline with its call contract (bicubic x upscale)."""
+
+    def extract_tags(self, image):
+        return ["x"]
+
+    def __call__(self, image, *, sampling, tiling, tags=None, callback=None, show_progress=True):
+        out = torch.nn.functional.interpolate(image, scale_factor=sampling.upscale, mode="bicubic")
+        return type("R", (), {"image": out.clamp(0, 1), "tags": [], "prompt": "", "settings": {}})()
+
+
+def test_ui_session_state_is_bounded_whatever_the_photo_size(tmp_path):
+    from seesr.ui.controller import UIController
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((3000, 2000, 3), np.uint8)).save(big)
+    ctl = UIController(_Bicubic(), output_dir=tmp_path / "out", max_side=512)
+    image = ctl.load(big)
+    held = sum(v.nbytes for v in vars(image).values() if isinstance(v, np.ndarray))
+    assert image.size == (2000, 3000) and held <= 1024 * 1024 * 3  # the preview only, not 72 MB of float32
+    out = ctl.run(image, tags=None, sampling=SamplingConfig(upscale=1.0), tiling=TilingConfig())
+    assert max(out.after.shape[:2]) == 512 and out.before.shape == out.after.shape  # bounded slider arrays
+    with Image.open(out.image_path) as im:
+        assert im.size == (2000, 3000)  # the download is the full result
+
+
+def test_ui_keeps_only_the_newest_result_folders_and_removes_its_temp_folder(tmp_path):
+    import gc
+
+    from seesr.ui.controller import UIController
+
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    ctl = UIController(_Bicubic(), output_dir=tmp_path / "out", keep_runs=2)
+    image = ctl.load(src)
+    outs = [ctl.run(image, tags=None, sampling=SamplingConfig(), tiling=TilingConfig()) for _ in range(4)]
+    assert [o.image_path.is_file() for o in outs] == [False, False, True, True]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run003", "run004"]
+
+    temp = UIController(_Bicubic())
+    folder = temp.output_dir
+    temp.run(temp.load(src), tags=None, sampling=SamplingConfig(), tiling=TilingConfig())
+    assert any(folder.rglob("*.png"))
+    del temp
+    gc.collect()
+    assert not folder.exists()

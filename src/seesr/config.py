@@ -87,12 +87,20 @@ class TilingConfig:
         latent_tile_overlap: latent overlap; default 32 (>= 25 % of the tile, DESIGN.md §8); official 4.
         vae_encoder_tile_size: encoder tile side in image pixels (official 1024).
         vae_decoder_tile_size: decoder tile side in latent pixels (official 224).
+        vae_mode: "exact" (GroupNorm-synchronised tiles, all alive at once; official) or "bounded" (statistics
+            fixed first, then one tile at a time: memory independent of the image size).
+        vae_bounded_stats: bounded mode's statistics: "recompute" (exact, bit-identical output, about 5x the
+            VAE time) or "sampled" (from ``vae_live_tiles`` tiles; about 1-1.5x the time, approximate).
+        vae_live_tiles: bounded "sampled" mode: most tiles alive at once.
     """
 
     latent_tile_size: int = 96
     latent_tile_overlap: int = 32
     vae_encoder_tile_size: int = 1024
     vae_decoder_tile_size: int = 224
+    vae_mode: str = "exact"
+    vae_bounded_stats: str = "recompute"
+    vae_live_tiles: int = 4
 
     def __post_init__(self) -> None:
         if self.latent_tile_size < 8:
@@ -102,6 +110,10 @@ class TilingConfig:
                 f"latent_tile_overlap must be in [0, latent_tile_size={self.latent_tile_size}), "
                 f"got {self.latent_tile_overlap}"
             )
+        _check_choice("vae_mode", self.vae_mode, ("exact", "bounded"))
+        _check_choice("vae_bounded_stats", self.vae_bounded_stats, ("recompute", "sampled"))
+        if self.vae_live_tiles < 1:
+            raise ValueError(f"vae_live_tiles must be >= 1, got {self.vae_live_tiles}")
         if self.vae_encoder_tile_size < 64 or self.vae_decoder_tile_size < 8:
             raise ValueError(
                 "vae tile sizes too small: encoder >= 64 px, decoder >= 8 latent px, got "

@@ -12,8 +12,12 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from seesr import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from seesr.io import PillowSettings
 
 # sub-command name -> module under seesr.cli
 COMMANDS: dict[str, str] = {
@@ -54,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    previous = _configure_pillow(args)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -64,6 +69,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"seesr {args.command}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        # The console script exits right after; this only matters to callers that run main() in-process
+        # (tests), so one command's switches do not leak into the next.
+        from seesr.io import configure_pillow
+
+        configure_pillow(max_pixels=previous.max_pixels, allow_truncated=previous.allow_truncated)
+
+
+def _configure_pillow(args: argparse.Namespace) -> PillowSettings:
+    """Set Pillow's process-wide limits once, from the command's flags, before any image is read.
+
+    Pillow's decompression-bomb limit is a backstop: every read checks seesr's own cap from the header, and
+    commands read outputs too (``eval``), so the limit is the larger of ``--max-pixels`` and the output cap.
+    Truncated files are accepted only with ``--allow-truncated`` (``seesr upscale``); ``seesr ui`` has no such
+    flag, so the UI never accepts them.
+    """
+    from seesr.io import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, configure_pillow
+
+    cap = getattr(args, "max_pixels", None) or DEFAULT_MAX_PIXELS
+    return configure_pillow(
+        max_pixels=max(int(cap), DEFAULT_MAX_OUTPUT_PIXELS),
+        allow_truncated=bool(getattr(args, "allow_truncated", False)),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,19 +47,13 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def _load_rgb(path: Path):  # -> torch.Tensor (1,3,H,W) in [0,1]
-    import numpy as np
+    """The image as `seesr upscale` reads it (seesr.io: EXIF-oriented, 16 bits kept, ICC to sRGB)."""
     import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path} is not a readable image: {err}") from err
-    arr = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    from seesr.io import load_image
+
+    rgb = load_image(path).rgb  # (H,W,3) float32 in [0,1]
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def _build_model(args: argparse.Namespace):
@@ -80,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from seesr.models.dape import TaggingOptions
+    from seesr.pipeline.devices import resolve_device_dtype
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     options = TaggingOptions(
         threshold=args.threshold, blocklist=_split(args.blocklist), extra_tags=_split(args.extra_tags)
     )
@@ -89,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
     for p in images:  # fail before the (slow) model load
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a torch device: {err}") from err
+    device, dtype = resolve_device_dtype(
+        args.device, args.dtype
+    )  # the resolver of `seesr upscale` and the UI
     model = _build_model(args).to(device=device, dtype=dtype)
     results = []
     with torch.inference_mode():

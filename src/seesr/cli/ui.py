@@ -85,7 +85,8 @@ def load_pipeline(args: argparse.Namespace) -> Any:
 
 
 def _example_files(paths: list[Path]) -> list[Path]:
-    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+    from seesr.io import IMAGE_EXTENSIONS as exts
+
     out: list[Path] = []
     for p in paths:
         if p.is_dir():

@@ -311,6 +311,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     from seesr import io
+    from seesr.cli.outputs import OutputPlan, plan_outputs
     from seesr.run.distributed import current, processed_pixels
     from seesr.run.guard import check_input
 
@@ -324,8 +325,7 @@ def _run(args: argparse.Namespace) -> int:
     world.check_shared_folder(out_dir)
     suffixes = [""] if settings.sample_times == 1 else [f"_s{k:02d}" for k in range(settings.sample_times)]
     plans = [
-        io.plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s)
-        for s in suffixes
+        plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s) for s in suffixes
     ]
     max_pixels = args.max_pixels or io.DEFAULT_MAX_PIXELS
     max_out = args.max_output_pixels or io.DEFAULT_MAX_OUTPUT_PIXELS
@@ -336,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
         failures.append(str(path))
         _emit(f"{path}: {reason}")
 
-    jobs: list[tuple[io.InputFile, list[tuple[int, io.OutputPlan]]]] = []
+    jobs: list[tuple[io.InputFile, list[tuple[int, OutputPlan]]]] = []
     costs: list[int] = []  # processed pixels, to balance the ranks
     skipped = 0
     for i, item in enumerate(inputs):
@@ -442,6 +442,7 @@ def _process(
     from tqdm import tqdm
 
     from seesr import io
+    from seesr.run.costs import format_costs
     from seesr.run.distributed import current
     from seesr.run.job import OutputTarget, upscale_image
 
@@ -481,7 +482,7 @@ def _process(
             bar.refresh()
 
         try:
-            upscale_image(
+            job = upscale_image(
                 pipe,
                 img,
                 target,
@@ -499,5 +500,6 @@ def _process(
             )
         finally:
             steps.close()
+        logger.info("%s: %s", plan.output, format_costs(job.record))  # `-v`: where the time and memory went
         written += 1
     return written

@@ -9,7 +9,8 @@
   ``SimpleDataset`` (LANCZOS resize to 512², no crop). Randomness comes from a generator derived from
   (seed, epoch, index), so item i is the same whoever asks for it and in whatever order.
 
-Images are returned as (3, H, W) float32 RGB tensors in [0, 1].
+Images are read through :mod:`seesr.io` (EXIF orientation applied, 16 bits kept, ICC to sRGB) and returned as
+(3, H, W) float32 RGB tensors in [0, 1].
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seesr.io import DEFAULT_MAX_OUTPUT_PIXELS, IMAGE_EXTENSIONS, probe_image, read_rgb_u8
+from seesr.io import load_image as _read
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -34,8 +38,9 @@ __all__ = [
     "load_image",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _MASK64 = (1 << 64) - 1
+# Training images can be large (a GT folder of x4 outputs too): the output cap still keeps a bomb out.
+_MAX_PIXELS = DEFAULT_MAX_OUTPUT_PIXELS
 
 
 def derive_seed(*parts: int) -> int:
@@ -70,10 +75,8 @@ def list_images(
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as (3, H, W) float32 RGB in [0, 1]."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    """Read an image file as (3, H, W) float32 RGB in [0, 1] (:func:`seesr.io.load_image`, alpha dropped)."""
+    return torch.from_numpy(_read(path, max_pixels=_MAX_PIXELS).rgb).permute(2, 0, 1).contiguous()
 
 
 class HQFolderDataset(torch.utils.data.Dataset):
@@ -126,9 +129,8 @@ class HQFolderDataset(torch.utils.data.Dataset):
         if mode == "seesr":
             kept = []
             for f in files:
-                with Image.open(f) as im:  # header only: no pixel decoding
-                    w, h = im.size
-                if w * h < min_pixels or f.stat().st_size < min_bytes:
+                info = probe_image(f, max_pixels=_MAX_PIXELS)  # header only: no pixel decoding
+                if info.pixels < min_pixels or f.stat().st_size < min_bytes:
                     self.dropped.append(f)
                 else:
                     kept.append(f)
@@ -166,12 +168,10 @@ class HQFolderDataset(torch.utils.data.Dataset):
         """Item ``index`` processed with random draws from ``generator`` (CPU). Returns (3, S, S) in [0, 1]."""
         path = self.files[index]
         s = self.crop_size
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if self.mode == "dape":
-                arr = np.asarray(im.resize((s, s), Image.LANCZOS))
-                return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-            arr = np.asarray(im)
+        if self.mode == "dape":  # the official SimpleDataset resizes the uint8 image with PIL
+            img = Image.fromarray(read_rgb_u8(path, max_pixels=_MAX_PIXELS)).resize((s, s), Image.LANCZOS)
+            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+        arr = _read(path, max_pixels=_MAX_PIXELS).rgb  # (H, W, 3) float32 in [0, 1]
         flip = torch.rand((), generator=generator).item() < 0.5
         if self.use_hflip and flip:
             arr = arr[:, ::-1]
@@ -183,7 +183,7 @@ class HQFolderDataset(torch.utils.data.Dataset):
         top = int(torch.randint(0, h - s + 1, (), generator=generator))
         left = int(torch.randint(0, w - s + 1, (), generator=generator))
         arr = arr[top : top + s, left : left + s]
-        return torch.from_numpy(np.array(arr)).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.array(arr)).permute(2, 0, 1)
 
 
 class PairedFolderDataset(torch.utils.data.Dataset):

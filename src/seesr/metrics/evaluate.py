@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seesr.io import DEFAULT_MAX_OUTPUT_PIXELS, IMAGE_EXTENSIONS, load_image, probe_image
 from seesr.metrics.registry import MetricSpec, resolve_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Restored images are x4 outputs: read them (and their references) up to the output cap.
+_MAX_PIXELS = DEFAULT_MAX_OUTPUT_PIXELS
 
 
 @dataclass
@@ -86,7 +88,7 @@ def list_images(folder: str | Path, strip_suffixes: Sequence[str] = ()) -> dict[
             raise ValueError(f"two images in {root} share the stem {stem!r}: {out[stem].name} and {p.name}")
         out[stem] = p
     if not out:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}")
     return out
 
 
@@ -101,8 +103,6 @@ def match_pairs(
     Raises:
         ValueError: an image without partner (names it) or a size mismatch (names both files and sizes).
     """
-    from PIL import Image
-
     sr = list_images(sr_dir, strip_suffixes)
     if gt_dir is None:
         return [(k, sr[k], None) for k in sorted(sr)]
@@ -123,25 +123,25 @@ def match_pairs(
         raise ValueError("; ".join(parts) + " (images are paired by file stem)")
     pairs: list[tuple[str, Path, Path | None]] = []
     for k in sorted(sr):
-        with Image.open(sr[k]) as a, Image.open(gt[k]) as b:
-            if a.size != b.size:
-                raise ValueError(
-                    f"size mismatch: {sr[k]} is {a.size[0]}x{a.size[1]} but its reference {gt[k]} is "
-                    f"{b.size[0]}x{b.size[1]}; expected equal sizes (no resizing is done)"
-                )
+        a = probe_image(sr[k], max_pixels=_MAX_PIXELS).upright_size  # headers only
+        b = probe_image(gt[k], max_pixels=_MAX_PIXELS).upright_size
+        if a != b:
+            raise ValueError(
+                f"size mismatch: {sr[k]} is {a[0]}x{a[1]} but its reference {gt[k]} is "
+                f"{b[0]}x{b[1]}; expected equal sizes (no resizing is done)"
+            )
         pairs.append((k, sr[k], gt[k]))
     return pairs
 
 
 def load_rgb(path: str | Path) -> torch.Tensor:
-    """Read an image as (1,3,H,W) float32 in [0,1], RGB (PIL ``convert('RGB')``, as pyiqa reads files)."""
-    import numpy as np
+    """Read an image as (1,3,H,W) float32 in [0,1], RGB, through :func:`seesr.io.load_image` (as ``seesr upscale``
+    reads its inputs: EXIF-oriented, 16 bits kept, ICC to sRGB; alpha dropped). For the 8-bit sRGB PNGs that
+    ``seesr upscale`` writes this equals PIL's ``convert('RGB')`` / 255."""
     import torch
-    from PIL import Image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    rgb = load_image(path, max_pixels=_MAX_PIXELS).rgb
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def _pyiqa_version() -> str | None:

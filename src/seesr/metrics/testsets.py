@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from seesr.io import IMAGE_EXTENSIONS, load_image, probe_image, read_rgb_u8
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -58,12 +60,14 @@ COCO_TO_RAM: dict[str, str] = {
 }  # fmt: skip
 
 
-def _to_tensor(img: Any) -> torch.Tensor:
+def _to_tensor(arr: Any) -> torch.Tensor:
+    """(H,W,3) uint8 or float [0,1] array -> (1,3,H,W) float32 in [0,1]."""
     import numpy as np
     import torch
 
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    a = np.asarray(arr)
+    x = torch.from_numpy(np.array(a)).permute(2, 0, 1).unsqueeze(0)
+    return x.float().div(255.0) if a.dtype == np.uint8 else x.float()
 
 
 def _save_png(x: torch.Tensor, path: Path) -> None:
@@ -94,8 +98,6 @@ def _check_target(gt_target: str) -> None:
 
 
 def _hr_files(folder: Path) -> list[Path]:
-    from seesr.metrics.evaluate import IMAGE_EXTENSIONS
-
     if not folder.is_dir():
         raise FileNotFoundError(f"HR image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -133,7 +135,6 @@ def build_div2k_val(
         ValueError: an HR image smaller than the crop, or ``num``/``crop`` not positive.
     """
     import torch
-    from PIL import Image
 
     _check_target(gt_target)
     if num <= 0 or crop <= 0:
@@ -144,10 +145,10 @@ def build_div2k_val(
     (out / "lr").mkdir(parents=True, exist_ok=True)
     sizes = []
     for f in files:
-        with Image.open(f) as im:
-            if min(im.size) < crop:
-                raise ValueError(f"{f} is {im.size[0]}x{im.size[1]}, smaller than the {crop}x{crop} crop")
-            sizes.append(im.size)
+        size = probe_image(f).upright_size  # header only; the size load_image gives
+        if min(size) < crop:
+            raise ValueError(f"{f} is {size[0]}x{size[1]}, smaller than the {crop}x{crop} crop")
+        sizes.append(size)
     pos_gen = torch.Generator().manual_seed(seed)
     entries = []
     width = max(4, len(str(num - 1)))
@@ -156,8 +157,7 @@ def build_div2k_val(
         w, h = sizes[i]
         top = int(torch.randint(0, h - crop + 1, (1,), generator=pos_gen))
         left = int(torch.randint(0, w - crop + 1, (1,), generator=pos_gen))
-        with Image.open(files[i]) as im:
-            gt = _to_tensor(im.crop((left, top, left + crop, top + crop)))
+        gt = _to_tensor(load_image(files[i]).rgb[top : top + crop, left : left + crop])
         gen = torch.Generator(device=device).manual_seed(seed + 1 + k)
         lr, gt_save = _degrade(degrade, gt.to(device), gen, gt_target, str(files[i]))
         name = f"{k:0{width}d}.png"
@@ -253,8 +253,7 @@ def build_coco_val(
         src = Path(images_dir) / files[stem]
         if not src.is_file():
             raise FileNotFoundError(f"COCO image listed in {instances_json.name} not found: {src}")
-        with Image.open(src) as im:
-            gt = _to_tensor(im.convert("RGB").resize((size, size), Image.BICUBIC))
+        gt = _to_tensor(Image.fromarray(read_rgb_u8(src)).resize((size, size), Image.BICUBIC))
         gen = torch.Generator(device=device).manual_seed(seed + 1 + k)
         lr, gt_save = _degrade(degrade, gt.to(device), gen, gt_target, str(src))
         _save_png(gt_save, out / "gt" / f"{stem}.png")

@@ -216,6 +216,7 @@ class SeeSRPipeline(DiffusionPipeline):
             tiling_cfg.vae_encoder_tile_size,
             out_dtype=vae.dtype,
             offload_device=_offload(vae),
+            **vae_tiling.mode_kwargs(tiling_cfg),
         )
         if vae.quant_conv is not None:
             h = vae.quant_conv(h)
@@ -458,6 +459,7 @@ class SeeSRPipeline(DiffusionPipeline):
             tiling_cfg.vae_decoder_tile_size,
             out_dtype=vae.dtype,
             offload_device=_offload(vae),
+            **vae_tiling.mode_kwargs(tiling_cfg),
         )
 
 

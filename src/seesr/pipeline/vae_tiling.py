@@ -18,6 +18,13 @@ Tiles are visited alternately forwards and backwards between barriers, as in the
 fixes the order of the floating-point sums of the statistics.
 
 Inputs whose longer side is at most ``2·pad + tile_size`` are not tiled: the plain module forward runs.
+
+``mode="bounded"`` (``vae_bounded``) keeps the same tile layout but fixes the GroupNorm statistics first and then
+runs one tile at a time end to end, so memory does not grow with the image.
+
+Provenance: the tile-size search (``best_tile_size``) and the grid split (``split_tiles``) are close paraphrases
+of the tiled VAE of the multidiffusion upscaler (pkuliyi2015/multidiffusion-upscaler-for-automatic1111, MIT
+licence), which the official SeeSR inference uses; reproducing its tile boxes is what the parity fixtures check.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seesr.config import TilingConfig
 from seesr.pipeline.tiling import TileBox
 
 logger = logging.getLogger(__name__)
@@ -307,8 +315,10 @@ def _run_tiled(
     out_dtype: torch.dtype | None,
     offload_device: torch.device | str | None,
     scale: int = _VAE_SCALE,
+    stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
 ) -> Tensor:
     device = x.device
+    shared_stats: list[tuple[Tensor, Tensor]] = []
     states: list[Tensor] = [
         x[:, :, t.input_box.y0 : t.input_box.y1, t.input_box.x0 : t.input_box.x1] for t in tiles
     ]
@@ -354,9 +364,14 @@ def _run_tiled(
             break
         var, mean = _shared_stats(stats)
         shared = (ops[end].module, var, mean)
+        shared_stats.append((var, mean))
         start = end + 1
         forward = not forward
 
+    if stats_out is not None:
+        stats_out.append(shared_stats)
+    if out_hw == (0, 0):  # statistics only (the bounded mode's sampling pass): no output assembled
+        return x.new_empty(0)
     first = states[0]
     result = torch.zeros((x.shape[0], first.shape[1], *out_hw), dtype=out_dtype or first.dtype, device=device)
     for tile, h in zip(tiles, states, strict=True):
@@ -379,6 +394,66 @@ def _valid_crop(h: Tensor, tile: VaeTile, *, is_decoder: bool, scale: int) -> Te
     return h[:, :, top : h.shape[2] + bottom, left : h.shape[3] + right]
 
 
+VAE_MODES = ("exact", "bounded")
+
+
+def mode_kwargs(tiling: TilingConfig) -> dict[str, Any]:
+    """The ``tiled_encode``/``tiled_decode`` keyword arguments of a ``TilingConfig`` (mode, statistics, tiles)."""
+    return {
+        "mode": tiling.vae_mode,
+        "stats_method": tiling.vae_bounded_stats,
+        "live_tiles": tiling.vae_live_tiles,
+    }
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in VAE_MODES:
+        raise ValueError(f"VAE tiling mode must be one of {', '.join(VAE_MODES)}; got {mode!r}")
+
+
+def _execute(
+    ops: list[_Op],
+    x: Tensor,
+    tiles: list[VaeTile],
+    out_hw: tuple[int, int],
+    *,
+    is_decoder: bool,
+    out_dtype: torch.dtype | None,
+    offload_device: torch.device | str | None,
+    scale: int,
+    mode: str,
+    stats_method: str,
+    live_tiles: int,
+    stats_out: list[list[tuple[Tensor, Tensor]]] | None,
+) -> Tensor:
+    if mode == "exact":
+        return _run_tiled(
+            ops,
+            x,
+            tiles,
+            out_hw,
+            is_decoder=is_decoder,
+            out_dtype=out_dtype,
+            offload_device=offload_device,
+            scale=scale,
+            stats_out=stats_out,
+        )
+    from seesr.pipeline.vae_bounded import run_bounded  # vae_bounded builds on this module
+
+    return run_bounded(
+        ops,
+        x,
+        tiles,
+        out_hw,
+        is_decoder=is_decoder,
+        scale=scale,
+        out_dtype=out_dtype,
+        stats_method=stats_method,
+        live_tiles=live_tiles,
+        stats_out=stats_out,
+    )
+
+
 @torch.no_grad()
 def tiled_encode(
     encoder: nn.Module,
@@ -388,6 +463,10 @@ def tiled_encode(
     *,
     out_dtype: torch.dtype | None = None,
     offload_device: torch.device | str | None = None,
+    mode: str = "exact",
+    stats_method: str = "recompute",
+    live_tiles: int = 4,
+    stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
 ) -> Tensor:
     """Encode with the official tiled-VAE algorithm (or the plain forward when the image is small).
 
@@ -398,7 +477,13 @@ def tiled_encode(
         pad: context margin in image pixels (official 32).
         out_dtype: dtype of the result; default the network's output dtype (the official hook returns float32).
         offload_device: if given, tiles are parked there between GroupNorm barriers (e.g. ``"cpu"``) to bound
-            accelerator memory by about one tile.
+            accelerator memory by about one tile (exact mode; the bounded mode needs no parking).
+        mode: "exact" (GroupNorm-synchronised, all tiles alive; the official behaviour) or "bounded" (statistics
+            fixed first, one tile alive at a time; ``vae_bounded``).
+        stats_method: bounded mode: "recompute" (the exact statistics, bit-identical output, one tile alive,
+            about L/2 times the compute) or "sampled" (statistics from ``live_tiles`` tiles; approximate).
+        live_tiles: bounded "sampled" mode: most tiles alive at once (tiles sampled for the statistics).
+        stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
 
     Returns:
         ``(B, 2·latent_channels, H/8, W/8)`` = the encoder output (moments before ``quant_conv``).
@@ -406,6 +491,7 @@ def tiled_encode(
     Raises:
         ValueError: if ``x`` is not 4-D or the encoder has an unsupported structure.
     """
+    _check_mode(mode)
     if x.ndim != 4:
         raise ValueError(f"tiled_encode expects (B, C, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
@@ -417,7 +503,7 @@ def tiled_encode(
     logger.debug(
         "tiled VAE encoder: %dx%d image in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
     )
-    return _run_tiled(
+    return _execute(
         encoder_ops(encoder),
         x,
         tiles,
@@ -426,6 +512,10 @@ def tiled_encode(
         out_dtype=out_dtype,
         offload_device=offload_device,
         scale=scale,
+        mode=mode,
+        stats_method=stats_method,
+        live_tiles=live_tiles,
+        stats_out=stats_out,
     )
 
 
@@ -438,6 +528,10 @@ def tiled_decode(
     *,
     out_dtype: torch.dtype | None = None,
     offload_device: torch.device | str | None = None,
+    mode: str = "exact",
+    stats_method: str = "recompute",
+    live_tiles: int = 4,
+    stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
 ) -> Tensor:
     """Decode with the official tiled-VAE algorithm (or the plain forward when the latent is small).
 
@@ -447,7 +541,13 @@ def tiled_decode(
         tile_size: core tile side in latent pixels (official 224).
         pad: context margin in latent pixels (official 11).
         out_dtype: dtype of the result; default the network's output dtype (the official hook returns float32).
-        offload_device: if given, tiles are parked there between GroupNorm barriers.
+        offload_device: if given, tiles are parked there between GroupNorm barriers (exact mode).
+        mode: "exact" (GroupNorm-synchronised, all tiles alive; the official behaviour) or "bounded" (statistics
+            fixed first, one tile alive at a time; ``vae_bounded``).
+        stats_method: bounded mode: "recompute" (the exact statistics, bit-identical output, one tile alive,
+            about L/2 times the compute) or "sampled" (statistics from ``live_tiles`` tiles; approximate).
+        live_tiles: bounded "sampled" mode: most tiles alive at once (tiles sampled for the statistics).
+        stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
 
     Returns:
         ``(B, 3, 8h, 8w)`` image in about ``[-1, 1]`` (unclamped decoder output).
@@ -455,6 +555,7 @@ def tiled_decode(
     Raises:
         ValueError: if ``z`` is not 4-D or the decoder has an unsupported structure.
     """
+    _check_mode(mode)
     if z.ndim != 4:
         raise ValueError(f"tiled_decode expects (B, C, h, w), got shape {tuple(z.shape)}")
     h, w = z.shape[-2:]
@@ -466,7 +567,7 @@ def tiled_decode(
     logger.debug(
         "tiled VAE decoder: %dx%d latent in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
     )
-    return _run_tiled(
+    return _execute(
         decoder_ops(decoder),
         z,
         tiles,
@@ -475,4 +576,8 @@ def tiled_decode(
         out_dtype=out_dtype,
         offload_device=offload_device,
         scale=scale,
+        mode=mode,
+        stats_method=stats_method,
+        live_tiles=live_tiles,
+        stats_out=stats_out,
     )

@@ -92,35 +92,25 @@ def upscale_image(
         ValueError: non-finite output; whatever the pipeline or the writer raises.
     """
     from seesr import io
+    from seesr.run.costs import measure_peaks
 
-    start = time.perf_counter()
-    result = pipe(
-        image_tensor(image.rgb),
-        sampling=sampling,
-        tiling=tiling,
-        tags=list(tags) if tags is not None else None,
-        callback=callback,
-        show_progress=False,
-    )
-    seconds = time.perf_counter() - start
-    sr_t = result.image
-    if tuple(sr_t.shape[:2]) != (1, 3):
-        raise ValueError(f"pipeline returned an image of shape {tuple(sr_t.shape)}, expected (1,3,H,W)")
-    sr = sr_t[0].detach().to("cpu").float().clamp(0, 1).permute(1, 2, 0).numpy()
-    if not np.isfinite(sr).all():
-        raise ValueError("the pipeline produced non-finite pixels (NaN/inf); try --dtype fp32")
+    with measure_peaks(getattr(pipe, "device", None)) as peaks:
+        start = time.perf_counter()
+        result = pipe(
+            image_tensor(image.rgb),
+            sampling=sampling,
+            tiling=tiling,
+            tags=list(tags) if tags is not None else None,
+            callback=callback,
+            show_progress=False,
+        )
+        seconds = time.perf_counter() - start
+        written_at = time.perf_counter()
+        sr = _write_image(io, result, image, target)
+        write_seconds = time.perf_counter() - written_at
     h, w = sr.shape[:2]
-    alpha = None if image.alpha is None else io.upscale_alpha(image.alpha, (w, h))
-    target.image.parent.mkdir(parents=True, exist_ok=True)
-    io.save_image(
-        target.image,
-        sr,
-        alpha=alpha,
-        bit_depth=target.bit_depth,
-        grey=image.is_grey,
-        format=target.format,
-        icc_profile=image.icc_profile,
-    )
+    timings = dict((result.settings or {}).get("timings") or {})
+    timings.update(write=round(write_seconds, 3), pipeline_s=round(seconds, 3))
     record: dict[str, Any] = {
         "seesr_sidecar": SIDECAR_VERSION,
         "input": str(input_name if input_name is not None else image.source),
@@ -144,7 +134,8 @@ def upscale_image(
         "settings": result.settings,
         "device": str(getattr(pipe, "device", "")),
         "dtype": str(getattr(pipe, "dtype", "")),
-        "timings": {"pipeline_s": round(seconds, 3)},
+        "timings": timings,
+        "memory": peaks.as_record(),
         "versions": versions(),
     }
     for key, value in (extra or {}).items():
@@ -156,3 +147,26 @@ def upscale_image(
         target.prompt_text.parent.mkdir(parents=True, exist_ok=True)
         write_text(target.prompt_text, result.prompt)
     return JobResult(sr=sr, tags=list(result.tags), prompt=result.prompt, record=record, seconds=seconds)
+
+
+def _write_image(io: Any, result: Any, image: Any, target: OutputTarget) -> np.ndarray:
+    """Check the pipeline's (1,3,H,W) result and write it; returns the (H,W,3) float32 array written."""
+    sr_t = result.image
+    if tuple(sr_t.shape[:2]) != (1, 3):
+        raise ValueError(f"pipeline returned an image of shape {tuple(sr_t.shape)}, expected (1,3,H,W)")
+    sr = sr_t[0].detach().to("cpu").float().clamp(0, 1).permute(1, 2, 0).numpy()
+    if not np.isfinite(sr).all():
+        raise ValueError("the pipeline produced non-finite pixels (NaN/inf); try --dtype fp32")
+    h, w = sr.shape[:2]
+    alpha = None if image.alpha is None else io.upscale_alpha(image.alpha, (w, h))
+    target.image.parent.mkdir(parents=True, exist_ok=True)
+    io.save_image(
+        target.image,
+        sr,
+        alpha=alpha,
+        bit_depth=target.bit_depth,
+        grey=image.is_grey,
+        format=target.format,
+        icc_profile=image.icc_profile,
+    )
+    return sr

@@ -1,0 +1,149 @@
+"""Accuracy and time of the bounded-memory tiled VAE against the exact (GroupNorm-synchronised) tiled VAE.
+
+For each size, in one run: untiled forward, exact tiled, bounded tiled (for each ``--refine``), on a photo (the
+fixture LR image ``astronaut_512x400`` resized bicubically to the size) for the encoder, and on the latent of that
+photo (plain encoder posterior mean) for the decoder. Printed per part and size:
+
+- ``exact vs untiled``: max |Δ| and PSNR of today's exact tiled output against the untiled forward — the
+  deviation users already accept;
+- ``bounded vs exact``: the same for the bounded mode against the exact tiled output (acceptance: not larger);
+- ``GN var / mean err``: over every GroupNorm and group, max |var_b/var_e − 1| and max |mean_b − mean_e|/std_e
+  of the statistics the bounded mode used against the exact mode's shared statistics (acceptance: <= 1 %);
+- seconds of each and the bounded/exact time ratio.
+
+PSNR is over outputs mapped from [-1, 1] to [0, 1] (decoder) or over the moments' range (encoder).
+
+    python benchmarks/vae_bounded.py --vae tiny --sizes 256 384 512 --grid 3
+    flock /tmp/seesr-heavy.lock python benchmarks/vae_bounded.py --vae sd2 --sizes 256 320 384
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
+SD2_VAE = dict(
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=768,
+)
+
+
+def load_vae(name: str):
+    from diffusers import AutoencoderKL
+
+    if name == "tiny":
+        return AutoencoderKL.from_pretrained(FIXTURES / "sd2-tiny", subfolder="vae").eval()
+    torch.manual_seed(0)
+    return AutoencoderKL(**SD2_VAE).eval()  # type: ignore[arg-type]
+
+
+def photo(size: int) -> torch.Tensor:
+    """(1, 3, size, size) in [-1, 1]: the fixture photo resized (aspect not kept: a plain square test input)."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(FIXTURES / "reference" / "lr" / "astronaut_512x400.png").convert("RGB")
+    arr = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] * 2 - 1
+
+
+def deviation(a: torch.Tensor, b: torch.Tensor, peak: float) -> tuple[float, float]:
+    """max |a − b| and PSNR (dB) of the difference against ``peak``."""
+    d = (a.double() - b.double()).abs()
+    mse = float((d**2).mean())
+    return float(d.max()), (math.inf if mse == 0 else 10 * math.log10(peak**2 / mse))
+
+
+def stats_error(bounded: list, exact: list) -> tuple[float, float]:
+    """max relative variance error and max mean error in units of the exact std, over layers and groups."""
+    var_err = mean_err = 0.0
+    for (vb, mb), (ve, me) in zip(bounded, exact, strict=True):
+        var_err = max(var_err, float(((vb.double() / ve.double()) - 1).abs().max()))
+        mean_err = max(mean_err, float(((mb.double() - me.double()).abs() / ve.double().sqrt()).max()))
+    return var_err, mean_err
+
+
+@torch.no_grad()
+def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int]) -> list[dict]:
+    """Print and return one row per (part, live_tiles) at this image size."""
+    from seesr.pipeline.vae_tiling import split_tiles, tiled_decode, tiled_encode
+
+    x = photo(size)
+    z = vae.post_quant_conv(vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)[0])
+    rows = []
+    for part, inp, tile in (("encode", x, enc_tile), ("decode", z, dec_tile)):
+        net, fn, pad = (
+            (vae.encoder, tiled_encode, 32) if part == "encode" else (vae.decoder, tiled_decode, 11)
+        )
+        n_tiles = len(split_tiles(*inp.shape[-2:], tile, pad, is_decoder=part == "decode"))
+        t0 = time.perf_counter()
+        plain = net(inp)
+        t_plain = time.perf_counter() - t0
+        ex_stats: list = []
+        t0 = time.perf_counter()
+        exact = fn(net, inp, tile, stats_out=ex_stats)
+        t_exact = time.perf_counter() - t0
+        peak = 2.0 if part == "decode" else float(plain.max() - plain.min())
+        d_ex = deviation(exact, plain, peak)
+        for method, k in [("recompute", 1)] + [("sampled", k) for k in live]:
+            b_stats: list = []
+            t0 = time.perf_counter()
+            bounded = fn(net, inp, tile, mode="bounded", stats_method=method, live_tiles=k, stats_out=b_stats)
+            t_b = time.perf_counter() - t0
+            d_b = deviation(bounded, exact, peak)
+            var_err, mean_err = stats_error(b_stats[0], ex_stats[0])
+            ok = d_b[0] <= d_ex[0] and d_b[1] >= d_ex[1] and var_err <= 0.01 and mean_err <= 0.01
+            rows.append(dict(part=part, size=size, tiles=n_tiles, method=method, live=k, d_ex=d_ex, d_b=d_b, var_err=var_err,
+                             mean_err=mean_err, t_plain=t_plain, t_exact=t_exact, t_b=t_b, ok=ok))  # fmt: skip
+            print(
+                f"| {part} | {size}² | {tile} | {n_tiles} | {method} {k} | {d_ex[0]:.3g} | {d_ex[1]:.1f} | {d_b[0]:.3g} "
+                f"| {d_b[1]:.1f} | {100 * var_err:.3f} | {100 * mean_err:.3f} | {t_exact:.2f} | {t_b:.2f} "
+                f"| {t_b / t_exact:.2f} | {'pass' if ok else 'FAIL'} |",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vae", choices=["tiny", "sd2"], default="tiny")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="image sides (px)")
+    ap.add_argument("--grid", type=int, default=2, help="tiles per side (sets the tile sizes)")
+    ap.add_argument("--live-tiles", type=int, nargs="+", default=[2], help="sampled-statistics sizes to try")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(HERE.parent / "src"))
+    vae = load_vae(args.vae)
+    print(f"vae={args.vae} torch threads={torch.get_num_threads()}")
+    print(
+        "| part | size | tile | tiles | bounded stats, live tiles | exact vs untiled max|Δ| | PSNR | bounded vs exact max|Δ| | PSNR "
+        "| GN var err % | GN mean err % (of std) | exact s | bounded s | time ratio | criterion |"
+    )
+    print("|" + "---|" * 15)
+    for size in args.sizes:
+        measure(
+            vae,
+            size,
+            args.enc_tile or max(64, size // 4),
+            args.dec_tile or max(8, size // 32),
+            args.live_tiles,
+        )
+
+
+if __name__ == "__main__":
+    main()

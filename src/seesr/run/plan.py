@@ -1,0 +1,352 @@
+"""A plan before the run: processed size, tile grids, VAE mode, predicted peak memory and time (issue 13).
+
+Nothing is loaded to make a plan: the model sizes come from the weights' config files and tensor headers
+(:mod:`seesr.run.footprint`), the host baseline is this process's RSS before loading, and the activation
+estimates are formulas over the architecture widths (``estimate_vae_peak_bytes`` for the VAE, a count of the
+tensors alive in one ControlNet + UNet call for the denoiser). Time comes from what earlier runs on this machine
+measured (:mod:`seesr.run.throughput`), or a rough default that the plan marks as such.
+
+:func:`choose_plan` turns a memory budget into settings: it keeps the requested tiling when it fits and otherwise
+walks a fixed ladder — bounded VAE, smaller VAE tiles, smaller latent tiles — so the same flags always give the
+same settings (and bytes), whatever else runs on the machine. A budget that even the smallest settings exceed is
+refused in one line before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from seesr.config import SamplingConfig, TilingConfig
+
+GIB = 1024**3
+MIB = 1024**2
+#: default budget: this share of the device's total memory (of total RAM on the CPU), never of what is free
+DEFAULT_SHARE = {"cpu": 0.6, "mps": 0.5, "cuda": 0.9}
+#: decoder/encoder tile sides (latent px / image px) and latent tiles tried, largest first
+_DECODER_TILES = (224, 160, 128, 96, 64, 48, 32)
+_ENCODER_TILES = (1024, 768, 512, 384, 256)
+_LATENT_TILES = (96, 80, 64, 48, 32)
+#: tensors alive in one ControlNet + UNet call, in units of (unet width x latent pixels x batch): skip
+#: connections of both networks, ControlNet residuals, the working tensors and attention temporaries (SDPA).
+UNET_LIVE_FACTOR = 14.0
+#: full-resolution float32 RGB arrays alive at once around decode / colour fix / resize / write
+FULL_RES_ARRAYS = 4
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from "6GB", "6G", "6GiB", "512MB", "2.5g" or a plain integer (binary units: 1 GB = 2^30 bytes).
+
+    Raises:
+        ValueError: anything else, or a size under 1 MiB.
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+        if not m:
+            raise ValueError(f"memory size must look like 6GB, 512MB or 2.5G; got {text!r}")
+        value = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    if value < MIB:
+        raise ValueError(f"memory size must be at least 1 MB; got {text!r}")
+    return value
+
+
+def total_memory(device: Any) -> int:
+    """Total memory of ``device`` in bytes: the GPU's for CUDA, the machine's RAM otherwise."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * GIB
+
+
+def default_budget(device: Any) -> int:
+    """The default ``--max-memory``: a fixed share of the device's total memory (not of what is free)."""
+    kind = getattr(device, "type", str(device))
+    return int(DEFAULT_SHARE.get(kind, 0.6) * total_memory(device))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The plan of one image.
+
+    Attributes:
+        input_size, processed: (width, height) of the input and of the processed image (pixels).
+        latent_tiles: (rows, cols) of the latent tile grid; (1, 1) when untiled.
+        tiling: the chosen :class:`TilingConfig`.
+        vae_encoder_tiles, vae_decoder_tiles: tiles of the VAE stages (1 when untiled).
+        host_bytes, device_bytes: predicted peaks (equal on the CPU).
+        budget_bytes: the budget the plan was made for; ``fits`` whether the prediction is within it.
+        seconds: predicted wall time of the pipeline call; ``seconds_basis`` says where the rates come from.
+        stages: predicted peak bytes per stage (weights excluded), for ``--plan`` output and tests.
+    """
+
+    input_size: tuple[int, int]
+    processed: tuple[int, int]
+    latent_tiles: tuple[int, int]
+    tiling: TilingConfig
+    vae_encoder_tiles: int
+    vae_decoder_tiles: int
+    host_bytes: int
+    device_bytes: int
+    budget_bytes: int
+    fits: bool
+    seconds: float
+    seconds_basis: str
+    stages: dict[str, int]
+
+    def as_record(self) -> dict[str, Any]:
+        """The sidecar's ``plan`` field."""
+        return {
+            "processed": list(self.processed),
+            "latent_tiles": list(self.latent_tiles),
+            "vae_mode": self.tiling.vae_mode,
+            "vae_encoder_tile_size": self.tiling.vae_encoder_tile_size,
+            "vae_decoder_tile_size": self.tiling.vae_decoder_tile_size,
+            "latent_tile_size": self.tiling.latent_tile_size,
+            "predicted_peak_host_mib": round(self.host_bytes / MIB, 1),
+            "predicted_peak_device_mib": round(self.device_bytes / MIB, 1),
+            "budget_mib": round(self.budget_bytes / MIB, 1),
+            "predicted_seconds": round(self.seconds, 1),
+            "seconds_basis": self.seconds_basis,
+        }
+
+    def describe(self) -> str:
+        """One line for ``seesr upscale --plan``."""
+        w, h = self.processed
+        r, c = self.latent_tiles
+        t = self.tiling
+        vae = f"VAE {t.vae_mode}" + (f"/{t.vae_bounded_stats}" if t.vae_mode == "bounded" else "")
+        return (
+            f"{self.input_size[0]}x{self.input_size[1]} -> processed {w}x{h}; latent tiles {r}x{c} of "
+            f"{t.latent_tile_size}; {vae}, encoder tile {t.vae_encoder_tile_size} px ({self.vae_encoder_tiles}), "
+            f"decoder tile {t.vae_decoder_tile_size} latent px ({self.vae_decoder_tiles}); peak host "
+            f"{self.host_bytes / GIB:.2f} GiB, device {self.device_bytes / GIB:.2f} GiB "
+            f"(budget {self.budget_bytes / GIB:.2f} GiB); about {_duration(self.seconds)} ({self.seconds_basis})"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """Seconds per unit of work on one device/dtype/architecture.
+
+    Attributes:
+        denoise: seconds per (latent pixel x batch x step) of ControlNet + UNet.
+        vae_encode, vae_decode: seconds per processed pixel (exact mode; bounded "recompute" costs more).
+        fixed: seconds per image outside those (DAPE, text, colour fix, write).
+        basis: "measured on this machine (N runs)" or "rough default".
+    """
+
+    denoise: float
+    vae_encode: float
+    vae_decode: float
+    fixed: float
+    basis: str
+
+
+def rough_rates(device_type: str, unet_width: int) -> Rates:
+    """Order-of-magnitude rates until a run on this machine has been recorded (see :mod:`seesr.run.throughput`).
+
+    CPU numbers come from docs/benchmarks.md (2 cores, fp32): SD-2 size 22.4 s per CFG step at a 64x64 latent.
+    """
+    scale = (unet_width / 320) ** 2
+    if device_type == "cuda":
+        return Rates(2.0e-6 * scale + 2e-8, 5e-9, 1e-8, 0.5, "rough default")
+    return Rates(2.7e-3 * scale + 2e-4, 4e-6, 8e-6, 3.0, "rough default")
+
+
+def _grid(lh: int, lw: int, tiling: TilingConfig, faithful: bool) -> tuple[tuple[int, int], int]:
+    """((rows, cols), pixels of one latent tile) of the latent tiling."""
+    from seesr.pipeline import tiling as latent_tiling
+
+    tile = tiling.latent_tile_size
+    if not latent_tiling.needs_tiling(lh, lw, tile, faithful=faithful):
+        return (1, 1), lh * lw
+    boxes = latent_tiling.tile_boxes(lh, lw, tile, tiling.latent_tile_overlap, faithful=faithful)
+    rows = len({b.y0 for b in boxes})
+    cols = len({b.x0 for b in boxes})
+    return (rows, cols), max(b.height * b.width for b in boxes)
+
+
+def _vae_tiles(h: int, w: int, tile: int, *, decoder: bool, channels: tuple[int, ...]) -> int:
+    from seesr.pipeline import vae_tiling
+
+    needs = vae_tiling.decoder_needs_tiling if decoder else vae_tiling.encoder_needs_tiling
+    if not needs(h, w, tile):
+        return 1
+    pad = vae_tiling.DECODER_PAD if decoder else vae_tiling.ENCODER_PAD
+    scale = 2 ** (len(channels) - 1)
+    return len(vae_tiling.split_tiles(h, w, tile, pad, is_decoder=decoder, scale=scale))
+
+
+def plan_image(
+    size: tuple[int, int],
+    sampling: SamplingConfig,
+    tiling: TilingConfig,
+    *,
+    footprint: Any,
+    device_type: str,
+    dtype_bytes: int,
+    budget: int,
+    baseline: int,
+    rates: Rates | None = None,
+) -> Plan:
+    """Predict the cost of one image with the given settings (see the module docstring for the model).
+
+    Args:
+        size: (width, height) of the input.
+        footprint: :class:`seesr.run.footprint.Footprint` of the weights.
+        device_type: "cpu", "cuda" or "mps".
+        dtype_bytes: bytes per element of the SD parts (4 fp32, 2 fp16/bf16).
+        budget: memory budget in bytes (of the device; of the host on the CPU).
+        baseline: host bytes in use before the weights are loaded (this process's RSS now).
+        rates: time rates; default :func:`rough_rates`.
+    """
+    from seesr.pipeline.sizing import plan_sizes
+    from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
+
+    sp = plan_sizes(size, sampling.upscale, sampling.process_size, max_pixels=None)
+    pw, ph = sp.processed
+    lh, lw = ph // 8, pw // 8
+    n_px, target_px = pw * ph, sp.target[0] * sp.target[1]
+    grid, tile_px = _grid(lh, lw, tiling, sampling.faithful)
+    batch = 2 if sampling.guidance_scale > 1.0 else 1
+    s = dtype_bytes
+    channels = footprint.vae_channels
+    live = 1 if tiling.vae_bounded_stats == "recompute" else tiling.vae_live_tiles
+    vae_kw = dict(block_out_channels=channels, mode=tiling.vae_mode, live_tiles=live, dtype_bytes=s)
+    enc = estimate_vae_peak_bytes(ph, pw, tiling.vae_encoder_tile_size, part="encoder", **vae_kw)  # type: ignore[arg-type]
+    dec = estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **vae_kw)  # type: ignore[arg-type]
+    image_in = size[0] * size[1] * 3 * 4 * 2  # decoded input + its tensor view/copy
+    lr_up = 12 * n_px  # (1,3,H,W) float32, alive for the whole call (condition image, colour-fix reference)
+    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * s)
+    stages = {
+        "vae_encode": image_in + lr_up + enc,
+        "denoise": image_in + lr_up + 12 * n_px * batch + unet,
+        "vae_decode": image_in + lr_up + dec,
+        "color_fix_resize": image_in + lr_up + FULL_RES_ARRAYS * 12 * max(n_px, target_px),
+    }
+    weights = footprint.weights_bytes(s)
+    peak_act = max(stages.values())
+    if device_type == "cpu":
+        host = device = baseline + weights + peak_act
+    else:
+        device = weights + peak_act
+        host = baseline + image_in + FULL_RES_ARRAYS * 12 * target_px
+    r = rates or rough_rates(device_type, footprint.unet_width)
+    steps = sampling.num_inference_steps
+    overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)
+    seconds = (
+        r.fixed
+        + r.denoise * lh * lw * overlap_factor * batch * steps
+        + r.vae_encode * n_px * (5 if tiling.vae_mode == "bounded" and live == 1 else 1)
+        + r.vae_decode * n_px * (5 if tiling.vae_mode == "bounded" and live == 1 else 1)
+    )
+    return Plan(
+        input_size=(int(size[0]), int(size[1])),
+        processed=(pw, ph),
+        latent_tiles=grid,
+        tiling=tiling,
+        vae_encoder_tiles=_vae_tiles(ph, pw, tiling.vae_encoder_tile_size, decoder=False, channels=channels),
+        vae_decoder_tiles=_vae_tiles(lh, lw, tiling.vae_decoder_tile_size, decoder=True, channels=channels),
+        host_bytes=int(host),
+        device_bytes=int(device),
+        budget_bytes=int(budget),
+        fits=(device if device_type != "cpu" else host) <= budget,
+        seconds=float(seconds),
+        seconds_basis=r.basis,
+        stages={k: int(v) for k, v in stages.items()},
+    )
+
+
+def _ladder(tiling: TilingConfig, pinned: frozenset[str]) -> Iterator[TilingConfig]:
+    """Settings to try, fastest first: as requested, then bounded VAE, smaller VAE tiles, smaller latent tiles.
+
+    Fields in ``pinned`` (set explicitly by the user) are never changed.
+    """
+    from seesr.run.settings import default_overlap
+
+    yield tiling
+    modes = [tiling.vae_mode] if "vae_mode" in pinned else ["bounded"]
+    for mode in modes:
+        stats = tiling.vae_bounded_stats if "vae_bounded_stats" in pinned else "sampled"
+        for latent in (
+            [tiling.latent_tile_size]
+            if "latent_tile_size" in pinned
+            else _shrinking(tiling.latent_tile_size, _LATENT_TILES)
+        ):
+            overlap = (
+                tiling.latent_tile_overlap
+                if "latent_tile_overlap" in pinned or latent == tiling.latent_tile_size
+                else default_overlap(latent)
+            )
+            decs = (
+                [tiling.vae_decoder_tile_size]
+                if "vae_decoder_tile_size" in pinned
+                else _shrinking(tiling.vae_decoder_tile_size, _DECODER_TILES)
+            )
+            encs = (
+                [tiling.vae_encoder_tile_size]
+                if "vae_encoder_tile_size" in pinned
+                else _shrinking(tiling.vae_encoder_tile_size, _ENCODER_TILES)
+            )
+            for dec, enc in zip(decs, encs + [encs[-1]] * (len(decs) - len(encs))):
+                yield dataclasses.replace(
+                    tiling,
+                    vae_mode=mode,
+                    vae_bounded_stats=stats,
+                    latent_tile_size=latent,
+                    latent_tile_overlap=min(overlap, latent - 1),
+                    vae_decoder_tile_size=dec,
+                    vae_encoder_tile_size=enc,
+                )
+
+
+def _shrinking(start: int, ladder: tuple[int, ...]) -> list[int]:
+    return [start] + [v for v in ladder if v < start]
+
+
+def choose_plan(
+    size: tuple[int, int],
+    sampling: SamplingConfig,
+    tiling: TilingConfig,
+    *,
+    pinned: frozenset[str] = frozenset(),
+    **kwargs: Any,
+) -> Plan:
+    """The first plan on the ladder that fits the budget (see :func:`plan_image` for ``kwargs``).
+
+    Raises:
+        ValueError: even the smallest settings exceed the budget (one line with the smallest prediction).
+    """
+    smallest: Plan | None = None
+    for candidate in _ladder(tiling, pinned):
+        plan = plan_image(size, sampling, candidate, **kwargs)
+        if plan.fits:
+            return plan
+        if smallest is None or plan.device_bytes < smallest.device_bytes:
+            smallest = plan
+    assert smallest is not None
+    w, h = size
+    need = smallest.device_bytes if kwargs.get("device_type") != "cpu" else smallest.host_bytes
+    raise ValueError(
+        f"{w}x{h} needs at least {need / GIB:.2f} GiB with the smallest settings (bounded VAE, "
+        f"latent tile {smallest.tiling.latent_tile_size}), over the memory budget of "
+        f"{smallest.budget_bytes / GIB:.2f} GiB; raise --max-memory, use --dtype fp16 on a GPU, or a smaller "
+        "--upscale / image"
+    )
