@@ -288,7 +288,7 @@ class _Planner:
         return choose_plan(size, settings.sampling, settings.tiling, pinned=self.pinned, **self.kwargs)
 
 
-def _planner(args: argparse.Namespace, settings: _Run) -> _Planner:
+def _planner(args: argparse.Namespace, settings: _Run, world: Any) -> _Planner:
     from seesr.pipeline.devices import resolve_device_dtype
     from seesr.run import throughput
     from seesr.run.costs import current_rss_bytes
@@ -301,7 +301,8 @@ def _planner(args: argparse.Namespace, settings: _Run) -> _Planner:
         footprint = footprint_of(weights_choice(args))
     except (FileNotFoundError, OSError, ValueError) as err:
         footprint, note = SD2_FOOTPRINT, f" (SD-2 sizes assumed: {err})"
-    budget = parse_size(args.max_memory) if args.max_memory else default_budget(device)
+    # the budget is shared by the processes of this job that use the same device (or host, on the CPU)
+    budget = world.share_of_budget(parse_size(args.max_memory) if args.max_memory else default_budget(device))
     pinned = {f for f in _TILING_FLAGS if getattr(args, f, None) is not None}
     if args.tile_size is not None:
         pinned.add("latent_tile_size")
@@ -358,7 +359,10 @@ def _prepare_out_dir(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with _sigterm_as_interrupt():
+    from seesr.run.distributed import session
+
+    with _sigterm_as_interrupt(), session(args.device) as world:  # torchrun/accelerate: one rank's share
+        args.device = world.device
         return _run(args)
 
 
@@ -385,14 +389,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     from seesr import io
     from seesr.cli.outputs import OutputPlan, plan_outputs
+    from seesr.run.distributed import current, processed_pixels
     from seesr.run.guard import check_input
 
+    world = current()
     if not args.output:
         raise ValueError("pass the output folder with -o OUTDIR")
     settings = _resolve(args)
     out_dir = Path(args.output)
-    inputs = io.list_inputs(settings.inputs, exclude=[out_dir])
+    inputs = io.list_inputs(settings.inputs, exclude=[out_dir]) if world.is_main else []  # rank 0 plans
     _prepare_out_dir(out_dir)
+    world.check_shared_folder(out_dir)
     suffixes = [""] if settings.sample_times == 1 else [f"_s{k:02d}" for k in range(settings.sample_times)]
     plans = [
         plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s) for s in suffixes
@@ -406,8 +413,11 @@ def _run(args: argparse.Namespace) -> int:
         failures.append(str(path))
         _emit(f"{path}: {reason}")
 
-    planner = _planner(args, settings)
+    if args.plan and world.is_distributed:
+        raise ValueError("--plan runs in one process: drop torchrun/accelerate launch for it")
+    planner = _planner(args, settings, world)
     jobs: list[tuple[io.InputFile, list[tuple[int, OutputPlan]], Any]] = []
+    costs: list[int] = []  # processed pixels, to balance the ranks
     skipped = 0
     for i, item in enumerate(inputs):
         mine = [(k, p[i]) for k, p in enumerate(plans)]
@@ -436,12 +446,14 @@ def _run(args: argparse.Namespace) -> int:
             fail(item.path, _reason(err, item.path))
             continue
         jobs.append((item, todo, plan))
+        costs.append(processed_pixels(info.width, info.height, settings.sampling) * len(todo))
 
     if args.plan:
         for item, _, plan in jobs:
             print(f"{item.path}: {plan.describe()}{planner.note}")
         print(f"seesr upscale --plan: {len(jobs)} to run, {skipped} skipped (exist), {len(failures)} refused")
         return 1 if failures else 0
+    jobs = world.share_jobs(jobs, costs)  # every rank: its share of rank 0's plan
 
     written = 0
     if jobs:
@@ -455,7 +467,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"out of memory while loading the weights: {_reason(err, Path())}") from None
         from tqdm import tqdm
 
-        bar = tqdm(jobs, desc="upscale", unit="img", disable=None, file=sys.stderr)
+        bar = tqdm(jobs, desc="upscale", unit="img", disable=None if world.is_main else True, file=sys.stderr)
         try:
             for item, todo, plan in bar:
                 bar.set_postfix_str(item.path.name, refresh=False)
@@ -475,9 +487,16 @@ def _run(args: argparse.Namespace) -> int:
             )
             raise
         bar.close()
-    summary = f"seesr upscale: {written} written, {skipped} skipped (exist), {len(failures)} failed"
-    print(summary)
-    return 1 if failures else 0
+    per_rank = world.gather_at_end((written, len(failures)))  # one collective, after the loop
+    written, n_failed = sum(w for w, _ in per_rank), sum(f for _, f in per_rank)
+    summary = f"seesr upscale: {written} written, {skipped} skipped (exist), {n_failed} failed"
+    if world.is_distributed:
+        summary += "; per rank: " + ", ".join(
+            f"{r}: {w} written, {f} failed" for r, (w, f) in enumerate(per_rank)
+        )
+    if world.is_main:
+        print(summary)
+    return 1 if n_failed else 0
 
 
 def _emit(line: str) -> None:
@@ -514,6 +533,7 @@ def _process(
     from seesr import io
     from seesr.run import throughput
     from seesr.run.costs import format_costs
+    from seesr.run.distributed import current
     from seesr.run.job import OutputTarget, upscale_image
 
     img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
@@ -537,7 +557,11 @@ def _process(
             prompt_text=out.output.parent / "txt" / (out.output.stem + ".txt") if args.save_prompts else None,
         )
         steps = tqdm(
-            total=sampling.num_inference_steps, desc="  steps", leave=False, disable=None, file=sys.stderr
+            total=sampling.num_inference_steps,
+            desc="  steps",
+            leave=False,
+            disable=None if current().is_main else True,
+            file=sys.stderr,
         )
 
         def callback(step: int, total: int, bar: Any = steps) -> None:
@@ -560,6 +584,7 @@ def _process(
                     "sample_index": k,
                     "dtype_requested": settings.dtype or "auto",
                     "plan": plan.as_record(),
+                    **current().sidecar_fields(),
                 },
             )
         finally:

@@ -1,0 +1,119 @@
+"""Wall time of `seesr upscale` on a folder with 1 process vs N processes (torchrun, gloo, CPU).
+
+Every process runs at the same thread count (OMP_NUM_THREADS, 1 by default, which is what torchrun sets), so
+the N-process run does the same arithmetic as the 1-process one and writes the same bytes. The times are whole
+commands (start-up and weights loading included), as a user sees them; runs alternate 1, N, 1, N ... and the
+table gives the best (least disturbed) and the median of each with their ratios N/1, and the CPU seconds of all
+processes together (the work done, which splitting should not grow much). Tiny official-format weights from
+../shared/fixtures.
+
+    python benchmarks/distributed_upscale.py --images 8 --size 32 --process-size 128 --steps 4 --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
+
+
+def weights_flags() -> list[str]:
+    ram = FIXTURES / "ram-tiny"
+    parts = {
+        "sd2": FIXTURES / "sd2-tiny",
+        "seesr": FIXTURES / "seesr-tiny",
+        "ram": ram / "ram_tiny.pth",
+        "dape": ram / "DAPE_tiny.pth",
+        "tag-list": ram / "ram_tag_list.txt",
+        "thresholds": ram / "ram_tag_list_threshold.txt",
+        "dape-arch": ram / "arch.json",
+    }
+    return [f"--{k}={v}" for k, v in parts.items()]
+
+
+def make_inputs(folder: Path, count: int, size: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:03d}.png")
+
+
+def run_once(nproc: int, src: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process of the run)."""
+    import resource
+
+    shutil.rmtree(out, ignore_errors=True)
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    cmd = [
+        sys.executable, *launch, "-m", "seesr", "upscale", str(src), "-o", str(out),
+        "--steps", str(args.steps), "--process-size", str(args.process_size), *weights_flags(),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise SystemExit(f"{nproc} process(es) failed:\n{proc.stderr[-3000:]}")
+    return seconds, cpu
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--size", type=int, default=32, help="input side in pixels")
+    p.add_argument("--process-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process")
+    p.add_argument("--repeat", type=int, default=2)
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        make_inputs(src, args.images, args.size)
+        times: dict[int, list[float]] = {1: [], args.nproc: []}
+        cpus: dict[int, list[float]] = {1: [], args.nproc: []}
+        for _ in range(args.repeat):
+            for n in times:
+                wall, cpu = run_once(n, src, Path(tmp) / f"out{n}", args)
+                times[n].append(wall)
+                cpus[n].append(cpu)
+        same = all(
+            (Path(tmp) / "out1" / f.name).read_bytes() == f.read_bytes()
+            for f in (Path(tmp) / f"out{args.nproc}").glob("*.png")
+        )
+    med = {n: sorted(t)[(len(t) - 1) // 2] for n, t in times.items()}
+    best = {n: min(t) for n, t in times.items()}
+    cpu = {n: sorted(t)[(len(t) - 1) // 2] for n, t in cpus.items()}
+    print(
+        f"{args.images} images {args.size}x{args.size}, --process-size {args.process_size}, --steps "
+        f"{args.steps}, OMP_NUM_THREADS={args.threads}, {args.repeat} runs each"
+    )
+    print("| processes | wall, best | ratio | wall, median | ratio | all runs (s) | CPU s (median) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, t in times.items():
+        runs = ", ".join(f"{x:.1f}" for x in t)
+        print(
+            f"| {n} | {best[n]:.1f} s | {best[n] / best[1]:.2f}x | {med[n]:.1f} s | {med[n] / med[1]:.2f}x "
+            f"| {runs} | {cpu[n]:.1f} |"
+        )
+    print(f"outputs byte-identical: {same}")
+
+
+if __name__ == "__main__":
+    main()
