@@ -1,11 +1,15 @@
-"""Time and peak memory of one SeeSR image against output size, tiled vs untiled.
+"""Time and peak memory of one SeeSR image against output size: untiled, tiled (exact VAE), tiled (bounded VAE).
 
 Each (config, size, mode) runs in a fresh subprocess so the peak memory is that run's own. ``tiny`` uses the
 official-format fixtures (../shared/fixtures); ``sd2`` builds every component at full size with random weights
-(timing and memory do not depend on the values). The ``untiled`` baseline turns every tiling stage off by making
-the tiles larger than the image; ratios are against it.
+(timing and memory do not depend on the values). Modes: ``untiled`` turns every tiling stage off by making the
+tiles larger than the image; ``tiled`` = ``exact`` is the default tiling (GroupNorm-synchronised tiled VAE);
+``bounded`` / ``sampled`` use the bounded-memory VAE with recomputed / sampled statistics. Ratios are against
+the first mode given. ``--stages`` also prints, per run, every stage's seconds, the process RSS after it and the
+peak RSS so far (where the memory goes).
 
     python benchmarks/pipeline.py --config tiny --sizes 512 1024 2048 --steps 4
+    python benchmarks/pipeline.py --config tiny --sizes 1024 2048 4096 8192 --steps 1 --modes exact bounded --stages
     python benchmarks/pipeline.py --config sd2 --sizes 512 1024 --steps 1 --device cuda --dtype fp16
 """
 
@@ -68,6 +72,42 @@ def build_pipeline(config: str, device: str, dtype: str):
     return pipe.to(torch.device(device))
 
 
+def _rss_mb() -> float:
+    """Current resident set size (MB) from /proc (0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _instrument(pipe, stages: dict) -> None:
+    """Wrap the pipeline's stage methods to record seconds, RSS after and peak RSS so far per stage."""
+    import resource
+
+    import seesr.pipeline.pipeline as pl
+
+    def wrap(owner, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        def run(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            rec = stages.setdefault(label, {"sec": 0.0})
+            rec["sec"] += time.perf_counter() - t0
+            rec["rss_after_mb"] = _rss_mb()
+            rec["peak_so_far_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return out
+
+        setattr(owner, name, run)
+
+    wrap(pipe, "extract_prompt", "dape")
+    wrap(pipe, "encode_prompt", "text")
+    wrap(pipe, "encode_lr", "vae_encode")
+    wrap(pipe, "_predict_noise", "denoise")
+    wrap(pipe, "decode_latents", "vae_decode")
+    wrap(pl, "postprocess", "color_fix_resize")
+
+
 def single(args: argparse.Namespace) -> None:
     import resource
 
@@ -77,10 +117,16 @@ def single(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     pipe = build_pipeline(args.config, args.device, args.dtype)
+    stages: dict = {"load": {"sec": 0.0, "rss_after_mb": _rss_mb(), "peak_so_far_mb": 0.0}}
+    _instrument(pipe, stages)
     lr = torch.rand(1, 3, args.size // 4, args.size // 4)
-    tiling = TilingConfig() if args.mode == "tiled" else TilingConfig(
-        latent_tile_size=10**6, latent_tile_overlap=0, vae_encoder_tile_size=10**7, vae_decoder_tile_size=10**6
-    )  # fmt: skip
+    if args.mode == "untiled":
+        tiling = TilingConfig(latent_tile_size=10**6, latent_tile_overlap=0, vae_encoder_tile_size=10**7,
+                              vae_decoder_tile_size=10**6)  # fmt: skip
+    else:
+        vae_mode = {"tiled": "exact", "exact": "exact", "bounded": "bounded", "sampled": "bounded"}[args.mode]
+        stats = "sampled" if args.mode == "sampled" else "recompute"
+        tiling = TilingConfig(vae_mode=vae_mode, vae_bounded_stats=stats)
     sampling = SamplingConfig(num_inference_steps=args.steps, process_size=64, seed=0)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -93,8 +139,9 @@ def single(args: argparse.Namespace) -> None:
         mem = torch.cuda.max_memory_allocated() / 2**20
     else:
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"sec": sec, "mem_mb": mem, "out": list(result.image.shape[-2:]),
-                      "tiled": result.settings["latent_tiled"]}))  # fmt: skip
+    vae_sec = stages.get("vae_encode", {}).get("sec", 0.0) + stages.get("vae_decode", {}).get("sec", 0.0)
+    print(json.dumps({"sec": sec, "mem_mb": mem, "out": list(result.image.shape[-2:]), "vae_sec": vae_sec,
+                      "tiled": result.settings["latent_tiled"], "stages": stages}))  # fmt: skip
 
 
 def main() -> None:
@@ -104,7 +151,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    ap.add_argument("--modes", nargs="+", default=["untiled", "tiled"], choices=["untiled", "tiled"])
+    ap.add_argument("--modes", nargs="+", default=["untiled", "tiled"],
+                    choices=["untiled", "tiled", "exact", "bounded", "sampled"])  # fmt: skip
+    ap.add_argument("--stages", action="store_true", help="print the per-stage seconds / RSS of every run")
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=int, default=3600)
@@ -124,17 +173,26 @@ def main() -> None:
                 res = None
             rows.append((size, mode, res))
             print(f"  {size}² {mode}: {res or 'failed/timeout'}", file=sys.stderr)
+    first = args.modes[0]
     print(f"\nconfig={args.config} steps={args.steps} device={args.device} dtype={args.dtype} (LR = size/4)")
-    print(f"{'output':>8}{'mode':>10}{'s/image':>10}{'peak MB':>10}{'s vs untiled':>14}{'MB vs untiled':>15}")
-    base = {s: r for s, m, r in rows if m == "untiled" and r}
+    print(f"| output | mode | s/image | peak MB | VAE s | s vs {first} | MB vs {first} | VAE s vs {first} |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = {s: r for s, m, r in rows if m == first and r}
     for size, mode, res in rows:
         if res is None:
-            print(f"{size:>7}²{mode:>10}{'—':>10}{'—':>10}")
+            print(f"| {size}² | {mode} | — | — | — | | | |")
             continue
         b = base.get(size)
-        ts = f"{res['sec'] / b['sec']:.2f}" if b else "—"
-        ms = f"{res['mem_mb'] / b['mem_mb']:.2f}" if b else "—"
-        print(f"{size:>7}²{mode:>10}{res['sec']:>10.2f}{res['mem_mb']:>10.0f}{ts:>14}{ms:>15}")
+        ratios = [f"{res[k] / b[k]:.2f}" if b and b[k] else "—" for k in ("sec", "mem_mb", "vae_sec")]
+        print(f"| {size}² | {mode} | {res['sec']:.1f} | {res['mem_mb']:.0f} | {res['vae_sec']:.1f} | "
+              + " | ".join(ratios) + " |")  # fmt: skip
+    if args.stages:
+        for size, mode, res in rows:
+            if res is None:
+                continue
+            print(f"\n{size}² {mode}: | stage | s | RSS after MB | peak so far MB |")
+            for name, st in res["stages"].items():
+                print(f"| {name} | {st['sec']:.1f} | {st['rss_after_mb']:.0f} | {st['peak_so_far_mb']:.0f} |")
 
 
 if __name__ == "__main__":

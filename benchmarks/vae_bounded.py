@@ -117,6 +117,68 @@ def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int]) -> li
     return rows
 
 
+def memory_child(vae_name: str, part: str, size: int, tile: int, mode: str) -> None:
+    """In a fresh process: peak RSS growth of one tiled call over the RSS before it, and the estimate."""
+    import json
+    import resource
+
+    from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
+    from seesr.pipeline.vae_tiling import tiled_decode, tiled_encode
+
+    vae = load_vae(vae_name)
+    g = torch.Generator().manual_seed(0)
+    inp = torch.randn(1, 4, size // 8, size // 8, generator=g) if part == "decoder" else photo(size)
+    net, fn = (vae.decoder, tiled_decode) if part == "decoder" else (vae.encoder, tiled_encode)
+    with torch.no_grad():
+        fn(net, inp[..., :16, :16] if part == "decoder" else inp[..., :128, :128], tile)  # warm the allocator
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with torch.no_grad():
+        # the per-tile working set is the same for both statistics methods; "sampled" with one tile is cheaper
+        fn(net, inp, tile, mode=mode, stats_method="sampled", live_tiles=1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    est = estimate_vae_peak_bytes(*inp.shape[-2:], tile, part=part,
+                                  block_out_channels=vae.config.block_out_channels, mode=mode)  # fmt: skip
+    print(json.dumps({"measured": peak - before, "estimate": est}))
+
+
+def memory_table(args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+
+    print(
+        "| vae | part | output side | tile | tiles | mode | measured peak growth MB | estimate MB | est/meas |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    from seesr.pipeline.vae_tiling import split_tiles
+
+    for size in args.sizes:
+        for part in ("encoder", "decoder"):
+            tile = args.mem_tile if part == "decoder" else args.mem_tile * 8
+            hw = (size // 8, size // 8) if part == "decoder" else (size, size)
+            pad = 11 if part == "decoder" else 32
+            n = len(split_tiles(*hw, tile, pad, is_decoder=part == "decoder"))
+            for mode in ("exact", "bounded"):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--vae",
+                    args.vae,
+                    "--memory-child",
+                    part,
+                    str(size),
+                    str(tile),
+                    mode,
+                ]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"| {args.vae} | {part} | {size} | {tile} | {n} | {mode} | failed | | |")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                m, e = r["measured"] / 2**20, r["estimate"] / 2**20
+                print(f"| {args.vae} | {part} | {size} | {tile} | {n} | {mode} | {m:.0f} | {e:.0f} | {e / m:.2f} |",
+                      flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vae", choices=["tiny", "sd2"], default="tiny")
@@ -124,7 +186,17 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=2, help="tiles per side (sets the tile sizes)")
     ap.add_argument("--live-tiles", type=int, nargs="+", default=[2], help="sampled-statistics sizes to try")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--memory", action="store_true", help="measured peak RSS vs estimate_vae_peak_bytes")
+    ap.add_argument("--mem-tile", type=int, default=32, help="--memory: decoder tile (latent px); encoder x8")
+    ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        part, size, tile, mode = args.memory_child
+        memory_child(args.vae, part, int(size), int(tile), mode)
+        return
+    if args.memory:
+        memory_table(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE.parent / "src"))
@@ -139,8 +211,8 @@ def main() -> None:
         measure(
             vae,
             size,
-            args.enc_tile or max(64, size // 4),
-            args.dec_tile or max(8, size // 32),
+            math.ceil((size - 2 * 32) / args.grid),
+            math.ceil((size // 8 - 2 * 11) / args.grid),
             args.live_tiles,
         )
 

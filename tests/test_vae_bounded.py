@@ -1,0 +1,160 @@
+"""Bounded-memory tiled VAE (issue 13 item 1): a fixed number of live tiles whatever the grid, exact output."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from seesr.config import SamplingConfig, TilingConfig
+from seesr.pipeline.vae_bounded import LIVE_TILES, sample_tiles
+from seesr.pipeline.vae_tiling import mode_kwargs, split_tiles, tiled_decode, tiled_encode
+from tests.tiny_pipeline import build_tiny_pipeline, load_lr
+
+
+@pytest.fixture(scope="module")
+def vae(fixtures_dir):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(fixtures_dir / "sd2-tiny", subfolder="vae").eval()
+
+
+class LiveConvOutputs:
+    """Independent of the executor's own counter: the most conv outputs alive at once (weak references).
+
+    Every tile kept alive between GroupNorm barriers holds at least one conv output, so in the exact mode this
+    grows with the number of tiles; in the bounded mode it must not.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.refs: list[weakref.ref] = []
+        self.peak = 0
+        self.handles = [
+            m.register_forward_hook(self._hook) for m in net.modules() if isinstance(m, nn.Conv2d)
+        ]
+
+    def _hook(self, module: nn.Module, args: object, out: torch.Tensor) -> None:
+        self.refs = [r for r in self.refs if r() is not None]
+        self.refs.append(weakref.ref(out))
+        self.peak = max(self.peak, len(self.refs))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _live_peak(fn) -> tuple[int, int, torch.Tensor]:
+    """(executor's live-tile peak, live conv outputs peak, output) of one call."""
+    LIVE_TILES.reset()
+    out = fn()
+    return LIVE_TILES.peak, LIVE_TILES.tiles_run, out
+
+
+def _micro_vae():
+    """Random x2 VAE with few GroupNorms: keeps the many-tile recomputation below fast."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+    ).eval()
+
+
+def test_bounded_holds_a_fixed_number_of_tiles_whatever_the_grid():
+    vae = _micro_vae()
+    g = torch.Generator().manual_seed(0)
+    peaks: dict[str, list[int]] = {"recompute": [], "sampled": []}
+    conv_bounded: list[int] = []
+    conv_exact: list[int] = []
+    for hw, n_expected in (((12, 12), 4), ((16, 16), 9)):  # 2x2 and 3x3 tiles of 4 latent px (pad 2)
+        z = torch.randn(1, 4, *hw, generator=g)
+        n_tiles = len(split_tiles(*hw, 4, 2, is_decoder=True, scale=2))
+        assert n_tiles == n_expected
+        counter = LiveConvOutputs(vae.decoder)
+        with torch.no_grad():
+            exact = tiled_decode(vae.decoder, z, 4, pad=2)
+        conv_exact.append(counter.peak)
+        counter.peak = 0
+        for method in ("recompute", "sampled"):
+            peak, run, bounded = _live_peak(
+                lambda z=z, m=method: tiled_decode(
+                    vae.decoder, z, 4, pad=2, mode="bounded", stats_method=m, live_tiles=2
+                )
+            )
+            peaks[method].append(peak)
+            assert run >= n_tiles  # every tile went through the executor
+            assert bounded.shape == exact.shape
+            if method == "recompute":
+                assert torch.equal(bounded, exact)  # the exact statistics: bit-identical output
+        conv_bounded.append(counter.peak)
+        counter.close()
+    assert peaks == {"recompute": [1, 1], "sampled": [2, 2]}
+    # the independent count: exact mode grows with the grid (4 -> 9 tiles), bounded mode does not
+    assert conv_exact[1] >= conv_exact[0] + 5
+    assert conv_bounded[1] == conv_bounded[0] < conv_exact[0]
+
+
+def test_bounded_encoder_is_bit_identical_and_sampled_is_exact_on_small_grids(vae):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 136, 200, generator=g) * 2 - 1
+    with torch.no_grad():
+        exact = tiled_encode(vae.encoder, x, 64)
+    n_tiles = len(split_tiles(136, 200, 64, 32, is_decoder=False))
+    assert n_tiles == 6
+    assert torch.equal(tiled_encode(vae.encoder, x, 64, mode="bounded"), exact)
+    # a sample covering the whole grid is the exact algorithm
+    sampled = tiled_encode(vae.encoder, x, 64, mode="bounded", stats_method="sampled", live_tiles=n_tiles)
+    assert torch.equal(sampled, exact)
+    # fewer sampled tiles: an estimate (same shape, finite, not identical on this random-weight VAE)
+    rough = tiled_encode(vae.encoder, x, 64, mode="bounded", stats_method="sampled", live_tiles=2)
+    assert rough.shape == exact.shape and bool(torch.isfinite(rough).all())
+    assert not torch.equal(rough, exact)
+
+
+def test_sample_tiles_spreads_over_the_grid():
+    tiles = split_tiles(16 * 8 + 22, 16 * 8 + 22, 16, 11, is_decoder=True)  # 8 x 8 grid
+    assert len(tiles) == 64
+    picked = sample_tiles(tiles, 4)
+    assert len(picked) == 4
+    rows = sorted({t.input_box.y0 for t in picked})
+    cols = sorted({t.input_box.x0 for t in picked})
+    assert len(rows) == 2 and len(cols) == 2  # a 2x2 pattern, not one row
+    assert sample_tiles(tiles[:3], 4) == tiles[:3]
+    assert len(sample_tiles(tiles, 9)) == 9
+    with pytest.raises(ValueError, match="live_tiles"):
+        sample_tiles(tiles, 0)
+
+
+def test_config_fields_and_bad_mode(vae):
+    cfg = TilingConfig(vae_mode="bounded", vae_bounded_stats="sampled", vae_live_tiles=3)
+    assert mode_kwargs(cfg) == {"mode": "bounded", "stats_method": "sampled", "live_tiles": 3}
+    assert TilingConfig().vae_mode == "exact"
+    with pytest.raises(ValueError, match="vae_mode"):
+        TilingConfig(vae_mode="fast")
+    with pytest.raises(ValueError, match="vae_live_tiles"):
+        TilingConfig(vae_live_tiles=0)
+    with pytest.raises(ValueError, match="VAE tiling mode"):
+        tiled_decode(vae.decoder, torch.zeros(1, 4, 40, 40), 8, mode="fast")
+
+
+def test_pipeline_bounded_mode_equals_exact(fixtures_dir):
+    """The bounded (recompute) mode through the whole pipeline gives the exact mode's image bit for bit."""
+    pipe = build_tiny_pipeline(fixtures_dir)
+    lr = load_lr(fixtures_dir, "astronaut_56x80")
+    sampling = SamplingConfig(num_inference_steps=1, process_size=208, seed=0)
+    base = dict(
+        latent_tile_size=16, latent_tile_overlap=4, vae_encoder_tile_size=128, vae_decoder_tile_size=8
+    )
+    exact = pipe(lr, sampling, TilingConfig(**base), show_progress=False)  # type: ignore[arg-type]
+    LIVE_TILES.reset()
+    bounded = pipe(lr, sampling, TilingConfig(**base, vae_mode="bounded"), show_progress=False)  # type: ignore[arg-type]
+    assert LIVE_TILES.peak == 1 and LIVE_TILES.tiles_run > 0
+    assert torch.equal(bounded.image, exact.image)
+    assert bounded.settings["tiling"]["vae_mode"] == "bounded"
