@@ -19,6 +19,10 @@ from pathlib import Path
 
 import pytest
 
+# No test may reach the network: the first-run download of `seesr upscale`/`seesr ui` must see an offline hub
+# (tests that exercise downloads replace the hub with tests/fake_hub.py). Set before huggingface_hub is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 WHERE = "../shared/fixtures beside the checkout in our CI layout; elsewhere set SEESR_FIXTURES to a copy"

@@ -525,12 +525,16 @@ def test_no_weights_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert main(["upscale", str(src), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     default = tmp_path / "home" / ".cache" / "seesr" / "weights"
-    assert err == f"seesr upscale: error: no weights in the default folder {default}. {up.NO_WEIGHTS}\n"
+    # offline (tests run with HF_HUB_OFFLINE=1): one line saying what would be downloaded and how to do it
+    assert err.startswith(f"seesr upscale: error: weights missing in {default} (") and err.count("\n") == 1
+    assert "downloads are off (HF_HUB_OFFLINE=1)" in err and "seesr download" in err
+    argv = ["upscale", str(src), "-o", str(tmp_path / "out"), "--no-download"]
+    assert main(argv) == 1 and "downloads are off (--no-download)" in capsys.readouterr().err
     assert main(["upscale", str(src), "-o", str(tmp_path / "out"), "--sd2", "x"]) == 1
     assert "official weights incomplete: also pass --seesr" in capsys.readouterr().err
     monkeypatch.setenv("SEESR_WEIGHTS", str(tmp_path / "nowhere"))
     assert main(["upscale", str(src), "-o", str(tmp_path / "out")]) == 1
-    assert f"SEESR_WEIGHTS={tmp_path / 'nowhere'}: folder not found" in capsys.readouterr().err
+    assert f"weights missing in {tmp_path / 'nowhere'}" in capsys.readouterr().err
 
 
 def test_subprocess_smoke(tmp_path: Path) -> None:

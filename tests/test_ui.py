@@ -496,7 +496,7 @@ def test_cli_binds_localhost_without_share_by_default(launches, tmp_path):
     assert call["server_name"] == "127.0.0.1" and call["share"] is False and call["ssr_mode"] is False
     assert call["prevent_thread_lock"] is False  # `seesr ui` blocks until Ctrl-C
     ctl = call["app"].seesr_controller
-    assert not ctl.ready and "no weights in the default folder" in ctl.load_error
+    assert not ctl.ready and "weights missing in" in ctl.load_error
 
 
 def test_cli_share_and_port_only_when_asked(launches, tmp_path):
@@ -570,7 +570,7 @@ def test_cli_serves_the_page_in_a_subprocess(tmp_path):
         texts = " ".join(
             str(c["props"].get("value")) for c in config["components"] if c.get("type") == "markdown"
         )
-        assert "no weights in the default folder" in texts
+        assert "weights missing in" in texts
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)

@@ -144,6 +144,7 @@ def test_config_fields_and_bad_mode(vae):
         tiled_decode(vae.decoder, torch.zeros(1, 4, 40, 40), 8, mode="fast")
 
 
+@pytest.mark.slow  # ~2 min on 2 cores: recomputation runs the encoder ~10x
 def test_pipeline_bounded_mode_equals_exact(fixtures_dir):
     """The bounded (recompute) mode through the whole pipeline gives the exact mode's image bit for bit."""
     pipe = build_tiny_pipeline(fixtures_dir)

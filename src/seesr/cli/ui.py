@@ -36,6 +36,15 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         "--turbo-unet", dest="turbo_unet", help="sd-turbo folder (official parts) for the turbo preset"
     )
     w.add_argument(
+        "--no-download",
+        dest="no_download",
+        action="store_true",
+        help="never download: a missing or incomplete default folder is shown as an error in the page",
+    )
+    w.add_argument(
+        "--no-dape", dest="no_dape", action="store_true", help="tag with plain RAM instead of DAPE"
+    )
+    w.add_argument(
         "--turbo",
         action="store_true",
         help="load the --weights folder's sd-turbo UNet and open on the turbo preset",
@@ -78,10 +87,13 @@ def load_pipeline(args: argparse.Namespace) -> Any:
     from seesr.cli.upscale import weights_choice
     from seesr.pipeline.devices import resolve_device_dtype
     from seesr.run.sources import load_pipeline as load
+    from seesr.run.sources import prepare
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
+    choice = weights_choice(args)
+    prepare(choice, preset=_preset(args), allow_download=not args.no_download)
     print(f"seesr ui: loading weights on {device} ({str(dtype).removeprefix('torch.')})…", file=sys.stderr)
-    return load(weights_choice(args), device=device, dtype=dtype, preset=_preset(args))
+    return load(choice, device=device, dtype=dtype, preset=_preset(args), no_dape=args.no_dape)
 
 
 def _example_files(paths: list[Path]) -> list[Path]:

@@ -89,6 +89,18 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     w.add_argument("--thresholds", help="RAM per-class thresholds (ram_tag_list_threshold.txt)")
     w.add_argument("--dape-arch", dest="dape_arch", help="DAPE architecture config (optional)")
     w.add_argument("--turbo-unet", dest="turbo_unet", help="sd-turbo folder for --preset turbo")
+    w.add_argument(
+        "--no-download",
+        dest="no_download",
+        action="store_true",
+        help="never download: a missing or incomplete default folder is an error saying what to fetch",
+    )
+    w.add_argument(
+        "--no-dape",
+        dest="no_dape",
+        action="store_true",
+        help="tag with plain RAM instead of DAPE (the folder must keep the raw RAM checkpoint)",
+    )
 
     s = p.add_argument_group("sampling (defaults: the official test_seesr.py)")
     s.add_argument("--preset", choices=sorted(PRESETS), help="named settings; explicit flags override it")
@@ -323,11 +335,15 @@ def _planner(args: argparse.Namespace, settings: _Run, world: Any) -> _Planner:
 
 
 def _load_pipeline(args: argparse.Namespace, run: _Run) -> Any:
-    """Build the SeeSR pipeline from the weights flags (the one place tests replace with a stub)."""
-    from seesr.run.sources import load_pipeline
+    """Set up the weights on first use, then build the pipeline (the one place tests replace with a stub).
 
+    Called by every process of a distributed job together (the download is a collective)."""
+    from seesr.run.sources import load_pipeline, prepare
+
+    choice = weights_choice(args)
+    prepare(choice, preset=run.preset, allow_download=not args.no_download)
     return load_pipeline(
-        weights_choice(args), device=args.device, dtype=run.dtype or "auto", preset=run.preset
+        choice, device=args.device, dtype=run.dtype or "auto", preset=run.preset, no_dape=args.no_dape
     )
 
 
@@ -453,10 +469,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{item.path}: {plan.describe()}{planner.note}")
         print(f"seesr upscale --plan: {len(jobs)} to run, {skipped} skipped (exist), {len(failures)} refused")
         return 1 if failures else 0
+    any_jobs = world.broadcast(bool(jobs))  # rank 0 holds the whole list; every rank loads when any works
     jobs = world.share_jobs(jobs, costs)  # every rank: its share of rank 0's plan
 
     written = 0
-    if jobs:
+    if any_jobs:
         try:
             pipe = _load_pipeline(args, settings)
         except MemoryError as err:

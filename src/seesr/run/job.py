@@ -86,7 +86,7 @@ def upscale_image(
         input_name: the input as the user named it (default ``image.source``).
         callback: ``callback(step, total)`` after each denoising step; raise to cancel.
         extra: fields of the sidecar that only the caller knows (e.g. ``sample_index``, ``dtype_requested``,
-            ``weights_manifest``); they must not replace the fields written here.
+            ``plan``); they must not replace the fields written here.
 
     Raises:
         ValueError: non-finite output; whatever the pipeline or the writer raises.
@@ -132,6 +132,7 @@ def upscale_image(
         "sampling": config_to_dict(sampling),
         "tiling": config_to_dict(tiling),
         "settings": result.settings,
+        "weights_manifest": getattr(pipe, "weights_manifest", None),
         "device": str(getattr(pipe, "device", "")),
         "dtype": str(getattr(pipe, "dtype", "")),
         "timings": timings,

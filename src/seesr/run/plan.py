@@ -35,6 +35,10 @@ _LATENT_TILES = (96, 80, 64, 48, 32)
 UNET_LIVE_FACTOR = 14.0
 #: full-resolution float32 RGB arrays alive at once around decode / colour fix / resize / write
 FULL_RES_ARRAYS = 4
+#: time of the bounded VAE ("recompute" statistics) over the exact one, measured on the fixture VAE
+#: (docs/decisions.md: encoder 10-14x, decoder 4-6x)
+BOUNDED_ENCODE_COST = 12.0
+BOUNDED_DECODE_COST = 5.0
 
 
 def parse_size(text: str | int) -> int:
@@ -251,11 +255,12 @@ def plan_image(
     r = rates or rough_rates(device_type, footprint.unet_width)
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)
+    recompute = tiling.vae_mode == "bounded" and tiling.vae_bounded_stats == "recompute"
     seconds = (
         r.fixed
         + r.denoise * lh * lw * overlap_factor * batch * steps
-        + r.vae_encode * n_px * (5 if tiling.vae_mode == "bounded" and live == 1 else 1)
-        + r.vae_decode * n_px * (5 if tiling.vae_mode == "bounded" and live == 1 else 1)
+        + r.vae_encode * n_px * (BOUNDED_ENCODE_COST if recompute else 1)
+        + r.vae_decode * n_px * (BOUNDED_DECODE_COST if recompute else 1)
     )
     return Plan(
         input_size=(int(size[0]), int(size[1])),
@@ -284,7 +289,8 @@ def _ladder(tiling: TilingConfig, pinned: frozenset[str]) -> Iterator[TilingConf
     yield tiling
     modes = [tiling.vae_mode] if "vae_mode" in pinned else ["bounded"]
     for mode in modes:
-        stats = tiling.vae_bounded_stats if "vae_bounded_stats" in pinned else "sampled"
+        # "recompute": exact statistics, bit-identical to the exact mode ("sampled" is off by up to ~40 %)
+        stats = tiling.vae_bounded_stats if "vae_bounded_stats" in pinned else "recompute"
         for latent in (
             [tiling.latent_tile_size]
             if "latent_tile_size" in pinned

@@ -30,6 +30,14 @@ def default_weights_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "seesr" / "weights"
 
 
+def tagger_for(preset: str | None, no_dape: bool = False) -> str:
+    """The loader's tagger: "none" for the no-dape preset (no tags, no soft prompt), "ram" when plain RAM is
+    asked for (``--no-dape``), else "dape"."""
+    if preset == "no-dape":
+        return "none"
+    return "ram" if no_dape else "dape"
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightsChoice:
     """The weights a run will load.
@@ -92,12 +100,9 @@ def check_choice(choice: WeightsChoice, *, preset: str | None = None) -> None:
 
     if choice.kind == "folder":
         assert choice.folder is not None
-        if not choice.folder.is_dir():
-            if choice.origin == "default folder":
-                raise WeightsError(f"no weights in the default folder {choice.folder}. {NO_WEIGHTS}")
-            sep = "=" if choice.origin == "SEESR_WEIGHTS" else " "
+        if not choice.folder.is_dir() and choice.origin == "--weights":
             raise WeightsError(
-                f"{choice.origin}{sep}{choice.folder}: folder not found (make one with `seesr download DIR`)"
+                f"--weights {choice.folder}: folder not found (make one with `seesr download DIR`)"
             )
         if (
             preset == "turbo"
@@ -114,30 +119,66 @@ def check_choice(choice: WeightsChoice, *, preset: str | None = None) -> None:
         )
 
 
+def prepare(choice: WeightsChoice, *, preset: str | None = None, allow_download: bool = True) -> None:
+    """First-run set-up of the default (or ``SEESR_WEIGHTS``) folder: download what is missing, convert once.
+
+    A folder typed with ``--weights`` and the official parts are used as they are. Call it on every process of a
+    distributed job (it downloads on local rank 0 first, see :mod:`seesr.run.distributed`).
+
+    Raises:
+        WeightsError: incomplete while downloads are off (``--no-download``, ``HF_HUB_OFFLINE=1``): one line
+            saying what would be downloaded and how to do it offline; or the download failed.
+    """
+    if choice.kind != "folder" or choice.origin == "--weights":
+        return
+    from seesr.pipeline.convert import prepare_weights
+    from seesr.run.distributed import current
+
+    assert choice.folder is not None
+    folder = choice.folder
+    current().run_on_local_rank0_first(
+        lambda: prepare_weights(folder, turbo=preset == "turbo", allow_download=allow_download)
+    )
+
+
 def load_pipeline(
     choice: WeightsChoice,
     *,
     device: Any = "auto",
     dtype: Any = "auto",
     preset: str | None = None,
+    no_dape: bool = False,
 ) -> Any:
-    """Load the :class:`~seesr.pipeline.pipeline.SeeSRPipeline` that ``choice`` names.
+    """Load the :class:`~seesr.pipeline.pipeline.SeeSRPipeline` that ``choice`` names (after :func:`prepare`).
 
     Args:
         choice: from :func:`choose_weights`.
         device, dtype: as :func:`seesr.pipeline.devices.resolve_device_dtype` takes them.
-        preset: the run's preset: "turbo" loads the sd-turbo UNet.
+        preset: the run's preset: "turbo" loads the sd-turbo UNet, "no-dape" loads no tagger.
+        no_dape: plain RAM instead of DAPE (asked for explicitly; never a silent fallback).
+
+    The pipeline's ``weights_manifest`` attribute holds the folder's download manifest (or ``None``), which
+    every sidecar cites.
 
     Raises:
         WeightsError / FileNotFoundError / ValueError: one line naming what is missing or wrong.
     """
+    from seesr import weights
     from seesr.pipeline.devices import resolve_device_dtype
+    from seesr.pipeline.loading import check_preset_weights
     from seesr.pipeline.pipeline import SeeSRPipeline
 
     check_choice(choice, preset=preset)
     dev, dt = resolve_device_dtype(device, dtype)
+    tagger = tagger_for(preset, no_dape)
     if choice.kind == "folder":
-        extra = {"turbo": True} if preset == "turbo" else {}
         assert choice.folder is not None
-        return SeeSRPipeline.from_pretrained(choice.folder, device=dev, dtype=dt, **extra)
-    return SeeSRPipeline.from_official(**dict(choice.parts), device=dev, dtype=dt)
+        extra = {"turbo": True} if preset == "turbo" else {}
+        pipe = SeeSRPipeline.from_pretrained(choice.folder, device=dev, dtype=dt, tagger=tagger, **extra)
+        manifest = weights.read_manifest(choice.folder)
+    else:
+        pipe = SeeSRPipeline.from_official(**dict(choice.parts), device=dev, dtype=dt, tagger=tagger)
+        manifest = None
+    check_preset_weights(preset or "default", pipe)
+    pipe.weights_manifest = manifest
+    return pipe
