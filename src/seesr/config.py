@@ -87,14 +87,19 @@ class TilingConfig:
         latent_tile_overlap: latent overlap; default 32 (>= 25 % of the tile, DESIGN.md §8); official 4.
         vae_encoder_tile_size: encoder tile side in image pixels (official 1024).
         vae_decoder_tile_size: decoder tile side in latent pixels (official 224).
+        tile_batch: latent tiles of equal size run together in one ControlNet/UNet call (1 = one at a time;
+            larger trades memory for fewer, bigger calls; results equal up to float round-off).
     """
 
     latent_tile_size: int = 96
     latent_tile_overlap: int = 32
     vae_encoder_tile_size: int = 1024
     vae_decoder_tile_size: int = 224
+    tile_batch: int = 1
 
     def __post_init__(self) -> None:
+        if self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if self.latent_tile_size < 8:
             raise ValueError(f"latent_tile_size must be >= 8, got {self.latent_tile_size}")
         if not 0 <= self.latent_tile_overlap < self.latent_tile_size:
