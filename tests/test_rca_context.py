@@ -156,3 +156,19 @@ def test_controlnet_precomputed_condition_embedding_gives_the_same_output(fixtur
     assert torch.equal(mid, mid2) and all(torch.equal(a, b) for a, b in zip(down, down2))
     with pytest.raises(ValueError, match="cond_embedding must have shape"):
         cn(x, t, text, cond, image_encoder_hidden_states=soft, cond_embedding=emb[..., :8], return_dict=False)
+
+
+def test_regional_compile_matches_eager(unet):
+    from types import SimpleNamespace
+
+    from seesr.pipeline.compile import compile_models
+
+    twin = copy.deepcopy(unet)
+    x, text, soft = _inputs(5)
+    eager = _forward(twin, x, text, soft)
+    torch._dynamo.reset()
+    holder = SimpleNamespace(unet=twin, controlnet=torch.nn.Module())
+    assert compile_models(holder, regional=True, backend="eager") > 10
+    compiled = _forward(twin, x, text, soft)
+    torch._dynamo.reset()
+    assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-6)
