@@ -154,6 +154,15 @@ def test_controlnet_precomputed_condition_embedding_gives_the_same_output(fixtur
             return_dict=False,
         )
     assert torch.equal(mid, mid2) and all(torch.equal(a, b) for a, b in zip(down, down2))
+
+    def fn(x, text, soft, emb):
+        return cn(x, t, text, x, image_encoder_hidden_states=soft, cond_embedding=emb, return_dict=False)[1]
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(fn)(x, text, soft, emb)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
     with pytest.raises(ValueError, match="cond_embedding must have shape"):
         cn(x, t, text, cond, image_encoder_hidden_states=soft, cond_embedding=emb[..., :8], return_dict=False)
 
