@@ -143,3 +143,17 @@ def test_save_pretrained_refuses_unsupported_arguments(pipe, tmp_path):
     with pytest.raises(ValueError, match="safetensors only"):
         pipe.save_pretrained(tmp_path / "b", safe_serialization=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_channels_last_gives_the_same_image(pipe, lrs):
+    from seesr.pipeline.compile import set_channels_last
+
+    sampling = _sampling(num_inference_steps=2)
+    plain = pipe(lrs[0] * 0.999, sampling, return_trace=True, show_progress=False)
+    set_channels_last(pipe, True)
+    try:
+        assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        fast = pipe(lrs[0] * 0.999, sampling, return_trace=True, show_progress=False)
+    finally:
+        set_channels_last(pipe, False)
+    assert _close(fast.trace["decoded"], plain.trace["decoded"])
