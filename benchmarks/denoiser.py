@@ -3,6 +3,11 @@
 Random weights (timing does not depend on values). Prints a table: seconds per step, peak memory, and the ratio
 to the no-RCA baseline built in the same run.
 
+A step is timed as the pipeline runs it: through ``seesr.pipeline.denoise.GuidedDenoiser`` (per-tile condition
+embedding computed once, then reused at every step) when that module exists; with an older seesr on PYTHONPATH
+(e.g. ``PYTHONPATH=/work/main/src``) the models are called directly as the old pipeline did, so the two can be
+compared back to back.
+
     python benchmarks/denoiser.py --config sd2 --latent 64 --dtype fp32 --device cpu --repeat 1
 """
 
@@ -17,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CONFIGS, DTYPES, timed  # noqa: E402
 
+import seesr  # noqa: E402
 from seesr.models.controlnet import SeeSRControlNet  # noqa: E402
 from seesr.models.unet import SeeSRUNet  # noqa: E402
 
@@ -27,7 +33,7 @@ def build(config: dict, rca: bool, device: torch.device, dtype: torch.dtype):
     return unet.to(device, dtype).eval(), controlnet.to(device, dtype).eval()
 
 
-def step_fn(unet, controlnet, latent: int, device, dtype, text_dim: int):
+def step_fn(unet, controlnet, latent: int, device, dtype, text_dim: int, *, channels_last: bool = False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
     text = torch.randn(2, 77, text_dim, generator=g).to(device, dtype)
@@ -36,6 +42,27 @@ def step_fn(unet, controlnet, latent: int, device, dtype, text_dim: int):
     t = torch.tensor(500, device=device)
     rca = unet.num_rca_modules > 0
     kw = {"image_encoder_hidden_states": soft} if rca else {}
+    if channels_last:
+        x, cond = x.to(memory_format=torch.channels_last), cond.to(memory_format=torch.channels_last)
+    try:
+        from seesr.config import SamplingConfig, TilingConfig
+        from seesr.pipeline.denoise import GuidedDenoiser
+    except ImportError:  # an older seesr: the models called directly, as its pipeline did
+        GuidedDenoiser = None  # noqa: N806
+
+    if GuidedDenoiser is not None and rca:
+        from diffusers import DDPMScheduler
+
+        sched = DDPMScheduler()
+        denoiser = GuidedDenoiser(
+            unet, controlnet, cond[:1], text, soft[:1], SamplingConfig(), TilingConfig(), (latent, latent)
+        )
+
+        @torch.no_grad()
+        def run_cached():
+            return denoiser(x[:1], t, sched)
+
+        return run_cached
 
     @torch.no_grad()
     def run():
@@ -53,17 +80,29 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last")
+    ap.add_argument("--rca-only", action="store_true", help="skip the no-RCA baseline (half the time)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     config = CONFIGS[args.config]
     rows = []
-    for rca in (False, True):
+    for rca in (True,) if args.rca_only else (False, True):
         unet, controlnet = build(config, rca, device, dtype)
+        if args.channels_last:
+            unet, controlnet = (m.to(memory_format=torch.channels_last) for m in (unet, controlnet))
         params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in controlnet.parameters())
         sec, mem = timed(
-            step_fn(unet, controlnet, args.latent, device, dtype, config["cross_attention_dim"]),
+            step_fn(
+                unet,
+                controlnet,
+                args.latent,
+                device,
+                dtype,
+                config["cross_attention_dim"],
+                channels_last=args.channels_last,
+            ),
             device,
             args.repeat,
         )
@@ -72,7 +111,8 @@ def main() -> None:
     base = rows[0][2]
     print(
         f"\nconfig={args.config} latent={args.latent}x{args.latent} ({8 * args.latent} px) dtype={args.dtype} "
-        f"device={args.device} threads={torch.get_num_threads()} batch=2 (CFG)"
+        f"device={args.device} threads={torch.get_num_threads()} batch=2 (CFG) "
+        f"channels_last={args.channels_last} seesr={Path(seesr.__file__).parent}"
     )
     print(f"{'model':<20}{'params (M)':>12}{'s/step':>10}{'peak MB':>10}{'x baseline':>12}")
     for name, params, sec, mem in rows:

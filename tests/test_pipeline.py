@@ -27,9 +27,9 @@ class Recorder:
     def __init__(self):
         self.timesteps, self.soft = [], []
 
-    def __call__(self, latents, t, cond, prompt_embeds, image_embeds, *args, **kwargs):
+    def __call__(self, latents, t, denoiser, *args, **kwargs):
         self.timesteps.append(float(t))
-        self.soft.append(image_embeds)
+        self.soft.append(denoiser.embeds)
         return torch.zeros_like(latents)
 
 
@@ -151,7 +151,7 @@ def test_bad_image_values_are_rejected(pipe):
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         pipe(torch.full((1, 3, 8, 8), 2.0), SamplingConfig(num_inference_steps=1), show_progress=False)
     with pytest.raises(ValueError, match="shape"):
-        pipe(torch.zeros(2, 3, 8, 8), SamplingConfig(num_inference_steps=1), show_progress=False)
+        pipe(torch.zeros(1, 4, 8, 8), SamplingConfig(num_inference_steps=1), show_progress=False)
 
 
 @pytest.mark.parametrize(

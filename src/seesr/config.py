@@ -92,6 +92,8 @@ class TilingConfig:
         vae_bounded_stats: bounded mode's statistics: "recompute" (exact, bit-identical output, about 5x the
             VAE time) or "sampled" (from ``vae_live_tiles`` tiles; about 1-1.5x the time, approximate).
         vae_live_tiles: bounded "sampled" mode: most tiles alive at once.
+        tile_batch: latent tiles of equal size run together in one ControlNet/UNet call (1 = one at a time;
+            larger trades memory for fewer, bigger calls; results equal up to float round-off).
     """
 
     latent_tile_size: int = 96
@@ -101,8 +103,11 @@ class TilingConfig:
     vae_mode: str = "exact"
     vae_bounded_stats: str = "recompute"
     vae_live_tiles: int = 4
+    tile_batch: int = 1
 
     def __post_init__(self) -> None:
+        if self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if self.latent_tile_size < 8:
             raise ValueError(f"latent_tile_size must be >= 8, got {self.latent_tile_size}")
         if not 0 <= self.latent_tile_overlap < self.latent_tile_size:

@@ -7,13 +7,17 @@ keys/values come from the 512-d DAPE soft prompt (``image_encoder_hidden_states`
 We add them by composition instead of forking diffusers: every cross-attention block gets an ``image_attentions``
 ``ModuleList`` (so state-dict keys equal the official ones, spec §2.5) and a forward hook on each text transformer
 applies the matching RCA module to its output. The soft prompt reaches the hooks through an :class:`RCAContext`
-bound for the duration of one model forward.
+bound for the duration of one model forward. The context is thread-local, so two threads may run forwards of the
+same model with different soft prompts; ``torch.compile`` traces the hooks and the context without graph breaks
+(tests/test_rca_context.py). Like the official blocks, each RCA module receives the ``cross_attention_kwargs`` of
+the text transformer it follows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,11 +29,11 @@ IMAGE_CROSS_ATTENTION_DIM = 512
 """Width of the DAPE soft-prompt tokens; hard-coded in the official blocks, not stored in model configs."""
 
 
-class RCAContext:
-    """Holds the soft prompt while one UNet/ControlNet forward runs.
+class RCAContext(threading.local):
+    """Holds the soft prompt while one UNet/ControlNet forward runs, separately in every thread.
 
     ``embeds`` is ``None`` outside a forward. ``bypass`` skips every RCA module (the paper's "hard prompt only"
-    ablation). A model instance must not run two forwards concurrently in different threads.
+    ablation). Being a ``threading.local``, each thread sees only what it bound itself.
     """
 
     def __init__(self) -> None:
@@ -50,12 +54,19 @@ class RCAContext:
                 f"image_encoder_hidden_states must have shape (B, N, {IMAGE_CROSS_ATTENTION_DIM}), "
                 f"got {tuple(embeds.shape)}"
             )
-        saved = (self.embeds, self.bypass, self.active)
+        saved = (self.embeds, self.bypass, self.active)  # nested binds (a model calling itself) restore
         self.embeds, self.bypass, self.active = embeds, bypass, True
         try:
             yield
         finally:
             self.embeds, self.bypass, self.active = saved
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RCAContext:
+        # a thread-local cannot be copied or pickled; a copied model gets its own fresh (unbound) context
+        return type(self)()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
 
 
 def cross_attention_blocks(model: Any) -> list[Any]:
@@ -88,13 +99,20 @@ def attach_rca(model: Any, context: RCAContext) -> int:
         block.image_attentions = rca
         for text_attn, image_attn in zip(block.attentions, rca):
             # functools.partial (not a closure) so that copy.deepcopy of the model re-targets the hook correctly
-            text_attn.register_forward_hook(functools.partial(_apply_rca, image_attn, context))
+            text_attn.register_forward_hook(
+                functools.partial(_apply_rca, image_attn, context), with_kwargs=True
+            )
         count += len(rca)
     return count
 
 
 def _apply_rca(
-    image_attn: Transformer2DModel, context: RCAContext, _module: nn.Module, _inputs: Any, output: Any
+    image_attn: Transformer2DModel,
+    context: RCAContext,
+    _module: nn.Module,
+    _args: Any,
+    kwargs: dict[str, Any],
+    output: Any,
 ):
     if not context.active:
         raise RuntimeError(
@@ -104,7 +122,12 @@ def _apply_rca(
         return output
     hidden = output[0] if isinstance(output, tuple) else output.sample
     embeds = context.embeds.to(dtype=hidden.dtype)  # type: ignore[union-attr]
-    hidden = image_attn(hidden, encoder_hidden_states=embeds, return_dict=False)[0]
+    hidden = image_attn(
+        hidden,
+        encoder_hidden_states=embeds,
+        cross_attention_kwargs=kwargs.get("cross_attention_kwargs"),
+        return_dict=False,
+    )[0]
     if isinstance(output, tuple):
         return (hidden, *output[1:])
     output.sample = hidden

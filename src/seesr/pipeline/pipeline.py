@@ -16,9 +16,8 @@ differs only where DESIGN.md §8 says so (per-image generator, side-length tilin
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from seesr.models.dape import DAPE
 from seesr.models.unet import SeeSRUNet
 from seesr.pipeline import color_fix, schedulers, sizing, vae_tiling
 from seesr.pipeline import tiling as latent_tiling
+from seesr.pipeline.denoise import GuidedDenoiser
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class SeeSRPipeline(DiffusionPipeline):
     chosen at load time (DAPE stays fp32 by default, as the official script runs it).
     """
 
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    # No ``model_cpu_offload_seq``: diffusers' hook-based offload cannot place the DAPE or the tiled VAE's
+    # tiles; the tiled VAE and latent tiling bound memory instead.
 
     def __init__(
         self,
@@ -140,11 +141,37 @@ class SeeSRPipeline(DiffusionPipeline):
 
         return load_folder(cls, directory, **kwargs)
 
-    def save_pretrained(self, directory: str | Path, **_: Any) -> None:  # type: ignore[override]
-        """Write one self-contained folder (every component in its own sub-folder, DAPE merged)."""
+    def save_pretrained(  # type: ignore[override]
+        self, directory: str | Path, *, safe_serialization: bool = True, **kwargs: Any
+    ) -> None:
+        """Write one self-contained folder (every component in its own sub-folder, DAPE merged).
+
+        Always safetensors; diffusers' other options (``variant``, ``max_shard_size``, ``push_to_hub``, ...) are
+        not supported and raise instead of being ignored.
+        """
+        if not safe_serialization:
+            raise ValueError(
+                "save_pretrained writes safetensors only; safe_serialization=False is not supported"
+            )
+        if kwargs:
+            raise ValueError(
+                f"save_pretrained: unsupported argument(s) {sorted(kwargs)}; only the folder is taken"
+            )
         from seesr.pipeline.loading import save_folder
 
         save_folder(self, directory)
+
+    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: raises ``NotImplementedError`` (use latent tiling and the tiled VAE to bound memory)."""
+        raise NotImplementedError(
+            "SeeSRPipeline does not support model CPU offload; bound memory with TilingConfig (latent tiles, tiled VAE)"
+        )
+
+    def enable_sequential_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: raises ``NotImplementedError`` (see :meth:`enable_model_cpu_offload`)."""
+        raise NotImplementedError(
+            "SeeSRPipeline does not support sequential CPU offload; bound memory with TilingConfig instead"
+        )
 
     # ------------------------------------------------------------------ step 2: DAPE
     @torch.no_grad()
@@ -230,152 +257,101 @@ class SeeSRPipeline(DiffusionPipeline):
         self,
         latents: torch.Tensor,
         t: torch.Tensor,
-        cond: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        image_embeds: torch.Tensor | None,
+        denoiser: GuidedDenoiser,
         scheduler: SchedulerMixin,
-        sampling: SamplingConfig,
-        tiling_cfg: TilingConfig,
         trace: dict[str, torch.Tensor] | None,
         step: int,
     ) -> torch.Tensor:
-        """One guided noise prediction (tiled when the latent is large).
-
-        Args:
-            latents: (1, 4, h, w) current latents.
-            cond: (1, 3, 8h, 8w) condition image in [0, 1].
-            prompt_embeds: (B, 77, D) with B = 2 under CFG ([negative, positive]).
-            image_embeds: (1, 145, 512) soft prompt, or None when RCA is bypassed.
-
-        Returns:
-            (1, 4, h, w) guided model output (float32 when tiled in faithful mode, as the official code).
-        """
-        do_cfg = sampling.guidance_scale > 1.0
-        rows = 2 if do_cfg else 1
-        unet_dtype = self.unet.dtype
-        model_in = scheduler.scale_model_input(torch.cat([latents] * rows), t).to(unet_dtype)
-        cond_in = torch.cat([cond] * rows).to(self.controlnet.device, self.controlnet.dtype)
-        text = prompt_embeds.to(unet_dtype)
-        bypass = image_embeds is None
-        embeds = None
-        if image_embeds is not None:
-            embeds = torch.cat([image_embeds] * rows).to(self.unet.device, unet_dtype)
-
-        def model(box: latent_tiling.TileBox | None) -> torch.Tensor:
-            x, c = model_in, cond_in
-            if box is not None:
-                x = x[..., box.y0 : box.y1, box.x0 : box.x1]
-                c = c[..., 8 * box.y0 : 8 * box.y1, 8 * box.x0 : 8 * box.x1]
-            down, mid = self.controlnet(
-                x,
-                t,
-                text,
-                c,
-                conditioning_scale=sampling.conditioning_scale,
-                image_encoder_hidden_states=embeds,
-                bypass_rca=bypass,
-                return_dict=False,
-            )
-            out = self.unet(
-                x,
-                t,
-                text,
-                down_block_additional_residuals=down,
-                mid_block_additional_residual=mid,
-                image_encoder_hidden_states=embeds,
-                bypass_rca=bypass,
-                return_dict=False,
-            )[0]
-            if trace is not None:
-                key = f"step{step}/unet_out" if box is None else f"step{step}/tile{len(tile_outs)}/unet_out"
-                trace[key] = out.detach().float().cpu()
-                tile_outs.append(box)
-            return out
-
-        tile_outs: list[Any] = []
-        h, w = latents.shape[-2:]
-        tile, overlap = tiling_cfg.latent_tile_size, tiling_cfg.latent_tile_overlap
-        if latent_tiling.needs_tiling(h, w, tile, faithful=sampling.faithful):
-            boxes = latent_tiling.tile_boxes(h, w, tile, overlap, faithful=sampling.faithful)
-            # official float64 weight maps; MPS has no float64
-            weight_dtype = (
-                torch.float64 if sampling.faithful and latents.device.type != "mps" else torch.float32
-            )
-            out = latent_tiling.tiled_apply(
-                model,
-                (rows, latents.shape[1], h, w),
-                boxes,
-                functools.partial(
-                    latent_tiling.gaussian_weights, faithful=sampling.faithful, dtype=weight_dtype
-                ),
-                out_dtype=torch.float32 if sampling.faithful else unet_dtype,
-                device=latents.device,
-            )
-        else:
-            out = model(None)
-        if do_cfg:
-            uncond, text_out = out.chunk(2)
-            out = uncond + sampling.guidance_scale * (text_out - uncond)
-        return out
+        """One guided noise prediction: (B, 4, h, w) -> (B, 4, h, w) (a seam for tests)."""
+        return denoiser(latents, t, scheduler, trace, step)
 
     # ------------------------------------------------------------------ the whole thing
     @torch.no_grad()
     def __call__(
         self,
-        image: torch.Tensor | Image.Image,
+        image: torch.Tensor | Image.Image | Sequence[torch.Tensor | Image.Image],
         sampling: SamplingConfig | None = None,
         tiling: TilingConfig | None = None,
         *,
         tags: list[str] | None = None,
         image_embeds: torch.Tensor | None = None,
         callback: ProgressCallback | None = None,
-        noise: NoiseSource | None = None,
+        noise: NoiseSource | Sequence[NoiseSource] | None = None,
         return_trace: bool = False,
         show_progress: bool = True,
-    ) -> UpscaleResult:
-        """Super-resolve one LR image.
+    ) -> Any:
+        """Super-resolve one LR image, or a batch of LR images of one size in one denoising loop.
 
         Args:
-            image: the LR image: (1, 3, h, w) or (3, h, w) float in [0, 1] RGB, or a PIL image.
+            image: the LR image: (1, 3, h, w) or (3, h, w) float in [0, 1] RGB, or a PIL image; or a batch: a
+                list of such images (all the same size) or a (B, 3, h, w) tensor.
             sampling: sampling settings (default :class:`SamplingConfig`).
             tiling: tiling settings (default :class:`TilingConfig`).
-            tags: use these tags instead of DAPE's (the soft prompt still comes from DAPE).
-            image_embeds: (1, 145, 512) soft prompt to use instead of DAPE's.
+            tags: use these tags instead of DAPE's (the soft prompt still comes from DAPE); for every image.
+            image_embeds: (B, 145, 512) soft prompts (one row per image) to use instead of DAPE's.
             callback: called as ``callback(step, total)`` after each denoising step; raise to cancel.
-            noise: source of random draws (default: seeded by ``sampling.seed``, fresh for this image).
+            noise: source of random draws, one per image (default: a fresh generator seeded by
+                ``sampling.seed`` per image, so an image's result does not depend on its batch). A custom source
+                must have a ``.generator`` (``torch.Generator``) when the scheduler draws step noise.
             return_trace: keep named intermediate tensors in ``result.trace`` (for tests and debugging).
             show_progress: show a tqdm bar over the denoising steps.
 
         Returns:
-            :class:`UpscaleResult` with the (1, 3, H, W) image in [0, 1] at ``round(LR x upscale)``.
+            For one image an :class:`UpscaleResult` with the (1, 3, H, W) image in [0, 1] at
+            ``round(LR x upscale)``; for a batch a list of them, in input order. Each image of a batch equals
+            the same image run alone up to float round-off.
 
         Raises:
-            ValueError: for an image of the wrong shape or range, or inconsistent settings.
+            ValueError: for an image of the wrong shape or range, images of different sizes in one batch,
+                inconsistent settings, or a noise source without a generator.
         """
+        images, single = _as_batch(image)
+        count = len(images)
         sampling = sampling or SamplingConfig()
         tiling_cfg = tiling or TilingConfig()
         trace: dict[str, torch.Tensor] | None = {} if return_trace else None
         device = self.unet.device
+        noises = _noise_sources(noise, count, sampling)
+        if image_embeds is not None and image_embeds.shape[0] != count:
+            raise ValueError(
+                f"image_embeds must have one row per image ({count}), got {tuple(image_embeds.shape)}"
+            )
 
         # 1. size
-        lr = _as_tensor(image)
-        plan = sizing.plan_sizes((lr.shape[-1], lr.shape[-2]), sampling.upscale, sampling.process_size)
-        quantize = sampling.faithful or sizing.is_8bit(lr)
-        lr_up = sizing.prepare_image(lr, plan, quantize=quantize).to(device)
+        plan = sizing.plan_sizes(
+            (images[0].shape[-1], images[0].shape[-2]), sampling.upscale, sampling.process_size
+        )
+        for other in images[1:]:
+            if other.shape != images[0].shape:
+                raise ValueError(
+                    f"images of one batch must have one size, got {tuple(images[0].shape)} and {tuple(other.shape)}"
+                )
+        quantize = [sampling.faithful or sizing.is_8bit(lr) for lr in images]
+        lr_up = torch.cat([sizing.prepare_image(lr, plan, quantize=q) for lr, q in zip(images, quantize)]).to(
+            device
+        )
 
-        # 2. DAPE
+        # 2. DAPE (per image: tags differ)
         use_soft = sampling.prompt_mode in ("full", "soft_only")
         use_hard = sampling.prompt_mode in ("full", "hard_only")
-        dape_tags: list[str] = []
-        if image_embeds is None and (use_soft or (use_hard and tags is None)):
-            dape_tags, image_embeds = self.extract_prompt(lr)
-        used_tags = (list(tags) if tags is not None else dape_tags) if use_hard else []
-        soft = image_embeds if use_soft else None
+        all_tags: list[list[str]] = []
+        soft_rows: list[torch.Tensor] = []
+        for k, lr in enumerate(images):
+            dape_tags: list[str] = []
+            embeds_k = None if image_embeds is None else image_embeds[k : k + 1]
+            if embeds_k is None and (use_soft or (use_hard and tags is None)):
+                dape_tags, embeds_k = self.extract_prompt(lr)
+            all_tags.append((list(tags) if tags is not None else dape_tags) if use_hard else [])
+            if use_soft and embeds_k is not None:
+                soft_rows.append(embeds_k)
+        soft = torch.cat(soft_rows) if use_soft and soft_rows else None
 
-        # 3. text
+        # 3. text: rows [negatives..., positives...] so that the CFG halves are chunk(2)
         do_cfg = sampling.guidance_scale > 1.0
-        prompt = assemble_prompt(used_tags, sampling.prompt, sampling.added_prompt)
-        prompt_embeds, prompt_ids = self.encode_prompt(prompt, sampling.negative_prompt, do_cfg)
+        prompts = [assemble_prompt(t, sampling.prompt, sampling.added_prompt) for t in all_tags]
+        encoded = [self.encode_prompt(p, sampling.negative_prompt, do_cfg) for p in prompts]
+        halves = [torch.cat([e[0][r : r + 1] for e in encoded]) for r in range(2 if do_cfg else 1)]
+        prompt_embeds = torch.cat(halves)
 
         # 4. scheduler + LRE
         scheduler = schedulers.build_scheduler(
@@ -383,14 +359,16 @@ class SeeSRPipeline(DiffusionPipeline):
         )
         scheduler.set_timesteps(sampling.num_inference_steps, device=device)
         timesteps = scheduler.timesteps
-        if noise is None:
-            noise = _default_noise(sampling)
         h, w = plan.latent_hw
-        init_noise = noise.randn("init_noise", (1, 4, h, w)).to(device)
+        init_noise = torch.cat([n.randn("init_noise", (1, 4, h, w)) for n in noises]).to(device)
         start_t = schedulers.resolve_start_timestep(scheduler, sampling.start_timestep)
         if sampling.start_point == "lr":
-            z_lr = self.encode_lr(
-                lr_up, noise, batch=2 if (do_cfg and sampling.faithful) else 1, tiling_cfg=tiling_cfg
+            rows = 2 if (do_cfg and sampling.faithful) else 1
+            z_lr = torch.cat(
+                [
+                    self.encode_lr(lr_up[k : k + 1], noises[k], batch=rows, tiling_cfg=tiling_cfg)
+                    for k in range(count)
+                ]
             )
             latents = schedulers.noise_lr_latent(scheduler, z_lr.to(init_noise.dtype), init_noise, start_t)
         else:
@@ -398,9 +376,8 @@ class SeeSRPipeline(DiffusionPipeline):
             latents = init_noise * scheduler.init_noise_sigma
         latents = latents.to(self.unet.dtype)
         if trace is not None:
-            trace.update(
-                lr_up=lr_up.cpu(), prompt_input_ids=prompt_ids, prompt_embeds=prompt_embeds.float().cpu()
-            )
+            ids = torch.cat([e[1] for e in encoded])
+            trace.update(lr_up=lr_up.cpu(), prompt_input_ids=ids, prompt_embeds=prompt_embeds.float().cpu())
             trace.update(init_noise=init_noise.cpu(), x_T=latents.float().cpu(), timesteps=timesteps.cpu())
             if z_lr is not None:
                 trace["z_lr"] = z_lr.float().cpu()
@@ -408,12 +385,16 @@ class SeeSRPipeline(DiffusionPipeline):
                 trace["image_embeds"] = soft.float().cpu()
 
         # 5. denoise
-        step_kwargs = schedulers.ddpm_step_kwargs(scheduler, getattr(noise, "generator", None))
+        step_kwargs = schedulers.ddpm_step_kwargs(scheduler, None)
+        if step_kwargs:
+            gens = [_step_generator(n) for n in noises]
+            step_kwargs["generator"] = gens[0] if single else gens
+        denoiser = GuidedDenoiser(
+            self.unet, self.controlnet, lr_up, prompt_embeds, soft, sampling, tiling_cfg, (h, w)
+        )
         total = len(timesteps)
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
-            eps = self._predict_noise(
-                latents, t, lr_up, prompt_embeds, soft, scheduler, sampling, tiling_cfg, trace, i
-            )
+            eps = self._predict_noise(latents, t, denoiser, scheduler, trace, i)
             latents_in = latents
             latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
             if trace is not None:
@@ -423,13 +404,9 @@ class SeeSRPipeline(DiffusionPipeline):
                 trace[f"step{i}/latents_out"] = latents.float().cpu()
             if callback is not None:
                 callback(i + 1, total)
+        del denoiser  # frees the per-tile caches before decoding
 
-        # 6. decode, 7. colour fix + final size
-        decoded = self.decode_latents(latents, tiling_cfg)
-        sr, out = postprocess(decoded, lr_up, sampling.color_fix, plan.target, quantize=quantize)
-        if trace is not None:
-            trace.update(decoded=decoded.float().cpu(), pipeline_out=sr.cpu())
-
+        # 6. decode, 7. colour fix + final size (per image: bounded memory)
         settings = {
             "sampling": config_to_dict(sampling),
             "tiling": config_to_dict(tiling_cfg),
@@ -444,7 +421,26 @@ class SeeSRPipeline(DiffusionPipeline):
             "dtype": str(self.unet.dtype).removeprefix("torch."),
             "device": str(device),
         }
-        return UpscaleResult(image=out, tags=used_tags, prompt=prompt, settings=settings, trace=trace or {})
+        results = []
+        for k in range(count):
+            decoded = self.decode_latents(latents[k : k + 1], tiling_cfg)
+            sr, out = postprocess(
+                decoded, lr_up[k : k + 1], sampling.color_fix, plan.target, quantize=quantize[k]
+            )
+            item_trace = trace
+            if trace is not None:
+                item_trace = dict(trace) if count > 1 else trace
+                item_trace.update(decoded=decoded.float().cpu(), pipeline_out=sr.cpu())
+            results.append(
+                UpscaleResult(
+                    image=out,
+                    tags=all_tags[k],
+                    prompt=prompts[k],
+                    settings=dict(settings),
+                    trace=item_trace or {},
+                )
+            )
+        return results[0] if single else results
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, tiling_cfg: TilingConfig) -> torch.Tensor:
@@ -499,10 +495,46 @@ def _offload(model: torch.nn.Module) -> str | None:
     return "cpu" if model.device.type != "cpu" else None
 
 
+def _noise_sources(
+    noise: NoiseSource | Sequence[NoiseSource] | None, count: int, sampling: SamplingConfig
+) -> list[NoiseSource]:
+    """One noise source per image (a fresh seeded one each when none is given)."""
+    if noise is None:
+        return [_default_noise(sampling) for _ in range(count)]
+    sources = list(noise) if isinstance(noise, (list, tuple)) else [noise]
+    if len(sources) != count:
+        raise ValueError(f"noise must give one source per image ({count}), got {len(sources)}")
+    return sources  # type: ignore[return-value]
+
+
+def _step_generator(noise: NoiseSource) -> torch.Generator:
+    """The generator of a noise source, for the scheduler's step noise (never torch's global RNG)."""
+    generator = getattr(noise, "generator", None)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"noise source {type(noise).__name__} has no .generator (a torch.Generator); the scheduler's step noise "
+            "needs one, so that results never depend on torch's global RNG"
+        )
+    return generator
+
+
 def _default_noise(sampling: SamplingConfig) -> GeneratorNoise:
     generator = torch.Generator("cpu").manual_seed(sampling.seed)
     posterior = torch.Generator("cpu").manual_seed(sampling.seed) if sampling.faithful else None
     return GeneratorNoise(generator, posterior)
+
+
+def _as_batch(
+    image: torch.Tensor | Image.Image | Sequence[torch.Tensor | Image.Image],
+) -> tuple[list[torch.Tensor], bool]:
+    """Images as a list of (1, 3, h, w) CPU float tensors, and whether one image (not a batch) was given."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("image: got an empty list")
+        return [_as_tensor(x) for x in image], False
+    if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] > 1:
+        return [_as_tensor(x) for x in image], False
+    return [_as_tensor(image)], True
 
 
 def _as_tensor(image: torch.Tensor | Image.Image) -> torch.Tensor:

@@ -150,6 +150,20 @@ def gaussian_weights(
     return torch.outer(wy, wx).to(device=device, dtype=dtype)
 
 
+def group_boxes(boxes: list[TileBox], tile_batch: int) -> list[list[TileBox]]:
+    """Consecutive runs of at most ``tile_batch`` boxes of equal size (one model call each), order kept."""
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
+    groups: list[list[TileBox]] = []
+    for box in boxes:
+        last = groups[-1] if groups else None
+        if last and len(last) < tile_batch and (last[0].height, last[0].width) == (box.height, box.width):
+            last.append(box)
+        else:
+            groups.append([box])
+    return groups
+
+
 def tiled_apply(
     fn: Callable[[TileBox], Tensor],
     out_shape: tuple[int, ...],
@@ -178,6 +192,32 @@ def tiled_apply(
     Raises:
         ValueError: if a tile output has the wrong shape or some pixel is covered by no tile.
     """
+    return tiled_apply_batched(
+        lambda group: [fn(box) for box in group],
+        out_shape,
+        boxes,
+        weights_fn,
+        tile_batch=1,
+        out_dtype=out_dtype,
+        device=device,
+    )
+
+
+def tiled_apply_batched(
+    fn: Callable[[list[TileBox]], list[Tensor]],
+    out_shape: tuple[int, ...],
+    boxes: list[TileBox],
+    weights_fn: Callable[[int, int], Tensor],
+    *,
+    tile_batch: int,
+    out_dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> Tensor:
+    """:func:`tiled_apply` with ``fn`` called on groups of up to ``tile_batch`` equal-size boxes.
+
+    ``fn(group)`` returns one output per box of the group, in order. Contributions are accumulated in the order
+    of ``boxes`` whatever the grouping, so only the model's own batch round-off differs from ``tile_batch=1``.
+    """
     if not boxes:
         raise ValueError("tiled_apply needs at least one tile box, got none")
     acc_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
@@ -187,23 +227,26 @@ def tiled_apply(
     wsum = torch.zeros(out_shape[-2:], dtype=acc_dtype, device=device)
     cache: dict[tuple[int, int], Tensor] = {}
     expected_lead = tuple(out_shape[:-2])
-    for box in boxes:
-        out = fn(box)
-        want = expected_lead + (box.height, box.width)
-        if tuple(out.shape) != want:
-            raise ValueError(f"tile {box} returned shape {tuple(out.shape)}, expected {want}")
-        key = (box.height, box.width)
-        if key not in cache:
-            weight = weights_fn(*key)
-            if weight.dtype == torch.float64 and out.device.type == "mps":
-                # MPS has no float64: the faithful float64 products degrade to float32 there (~1e-7 relative).
-                weight = weight.float()
-            cache[key] = weight.to(device=out.device)
-        weight = cache[key]
-        # In-place add of a (possibly float64) product into the float32 buffer: same rounding as the official
-        # ``noise_pred[...] += tile_out * tile_weights``.
-        acc[..., box.y0 : box.y1, box.x0 : box.x1] += out * weight
-        wsum[box.y0 : box.y1, box.x0 : box.x1] += weight
+    for group in group_boxes(boxes, tile_batch):
+        outs = fn(group)
+        if len(outs) != len(group):
+            raise ValueError(f"tile function returned {len(outs)} outputs for {len(group)} boxes")
+        for box, out in zip(group, outs):
+            want = expected_lead + (box.height, box.width)
+            if tuple(out.shape) != want:
+                raise ValueError(f"tile {box} returned shape {tuple(out.shape)}, expected {want}")
+            key = (box.height, box.width)
+            if key not in cache:
+                weight = weights_fn(*key)
+                if weight.dtype == torch.float64 and out.device.type == "mps":
+                    # MPS has no float64: the faithful float64 products degrade to float32 there (~1e-7 relative).
+                    weight = weight.float()
+                cache[key] = weight.to(device=out.device)
+            weight = cache[key]
+            # In-place add of a (possibly float64) product into the float32 buffer: same rounding as the official
+            # ``noise_pred[...] += tile_out * tile_weights``.
+            acc[..., box.y0 : box.y1, box.x0 : box.x1] += out * weight
+            wsum[box.y0 : box.y1, box.x0 : box.x1] += weight
     if not bool((wsum > 0).all()):
         raise ValueError(f"tile boxes {boxes} do not cover the whole {out_shape[-2]}x{out_shape[-1]} latent")
     # The official code divides by a full-shape contributors tensor; broadcasting the 2-D sum is the same value.
