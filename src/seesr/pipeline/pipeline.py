@@ -34,7 +34,7 @@ from seesr.config import ColorFix, SamplingConfig, TilingConfig, config_to_dict
 from seesr.models.controlnet import SeeSRControlNet
 from seesr.models.dape import DAPE
 from seesr.models.unet import SeeSRUNet
-from seesr.pipeline import color_fix, schedulers, sizing, vae_tiling
+from seesr.pipeline import color_fix, schedulers, sizing, stages, vae_tiling
 from seesr.pipeline import tiling as latent_tiling
 from seesr.pipeline.denoise import GuidedDenoiser
 
@@ -80,6 +80,7 @@ class UpscaleResult:
         prompt: the full positive prompt.
         settings: JSON-serialisable resolved settings (sampling, tiling, sizes, timesteps).
         trace: named intermediate tensors when requested (``return_trace=True``), else empty.
+        timings: seconds per stage of the call (dape, text, vae_encode, denoise, vae_decode, color_fix_resize).
     """
 
     image: torch.Tensor
@@ -87,6 +88,7 @@ class UpscaleResult:
     prompt: str
     settings: dict[str, Any]
     trace: dict[str, torch.Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def assemble_prompt(tags: list[str], prompt: str, added_prompt: str) -> str:
@@ -331,6 +333,7 @@ class SeeSRPipeline(DiffusionPipeline):
             device
         )
 
+        clock = stages.StageClock(device)
         # 2. DAPE (per image: tags differ)
         use_soft = sampling.prompt_mode in ("full", "soft_only")
         use_hard = sampling.prompt_mode in ("full", "hard_only")
@@ -340,7 +343,8 @@ class SeeSRPipeline(DiffusionPipeline):
             dape_tags: list[str] = []
             embeds_k = None if image_embeds is None else image_embeds[k : k + 1]
             if embeds_k is None and (use_soft or (use_hard and tags is None)):
-                dape_tags, embeds_k = self.extract_prompt(lr)
+                with clock.stage("dape"):
+                    dape_tags, embeds_k = self.extract_prompt(lr)
             all_tags.append((list(tags) if tags is not None else dape_tags) if use_hard else [])
             if use_soft and embeds_k is not None:
                 soft_rows.append(embeds_k)
@@ -349,7 +353,8 @@ class SeeSRPipeline(DiffusionPipeline):
         # 3. text: rows [negatives..., positives...] so that the CFG halves are chunk(2)
         do_cfg = sampling.guidance_scale > 1.0
         prompts = [assemble_prompt(t, sampling.prompt, sampling.added_prompt) for t in all_tags]
-        encoded = [self.encode_prompt(p, sampling.negative_prompt, do_cfg) for p in prompts]
+        with clock.stage("text"):
+            encoded = [self.encode_prompt(p, sampling.negative_prompt, do_cfg) for p in prompts]
         halves = [torch.cat([e[0][r : r + 1] for e in encoded]) for r in range(2 if do_cfg else 1)]
         prompt_embeds = torch.cat(halves)
 
@@ -364,12 +369,13 @@ class SeeSRPipeline(DiffusionPipeline):
         start_t = schedulers.resolve_start_timestep(scheduler, sampling.start_timestep)
         if sampling.start_point == "lr":
             rows = 2 if (do_cfg and sampling.faithful) else 1
-            z_lr = torch.cat(
-                [
-                    self.encode_lr(lr_up[k : k + 1], noises[k], batch=rows, tiling_cfg=tiling_cfg)
-                    for k in range(count)
-                ]
-            )
+            with clock.stage("vae_encode"):
+                z_lr = torch.cat(
+                    [
+                        self.encode_lr(lr_up[k : k + 1], noises[k], batch=rows, tiling_cfg=tiling_cfg)
+                        for k in range(count)
+                    ]
+                )
             latents = schedulers.noise_lr_latent(scheduler, z_lr.to(init_noise.dtype), init_noise, start_t)
         else:
             z_lr = None
@@ -394,9 +400,10 @@ class SeeSRPipeline(DiffusionPipeline):
         )
         total = len(timesteps)
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
-            eps = self._predict_noise(latents, t, denoiser, scheduler, trace, i)
-            latents_in = latents
-            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+            with clock.stage("denoise"):
+                eps = self._predict_noise(latents, t, denoiser, scheduler, trace, i)
+                latents_in = latents
+                latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
             if trace is not None:
                 trace[f"step{i}/t"] = t.cpu()
                 trace[f"step{i}/latents_in"] = latents_in.float().cpu()
@@ -423,10 +430,12 @@ class SeeSRPipeline(DiffusionPipeline):
         }
         results = []
         for k in range(count):
-            decoded = self.decode_latents(latents[k : k + 1], tiling_cfg)
-            sr, out = postprocess(
-                decoded, lr_up[k : k + 1], sampling.color_fix, plan.target, quantize=quantize[k]
-            )
+            with clock.stage("vae_decode"):
+                decoded = self.decode_latents(latents[k : k + 1], tiling_cfg)
+            with clock.stage("color_fix_resize"):
+                sr, out = postprocess(
+                    decoded, lr_up[k : k + 1], sampling.color_fix, plan.target, quantize=quantize[k]
+                )
             item_trace = trace
             if trace is not None:
                 item_trace = dict(trace) if count > 1 else trace
@@ -440,6 +449,8 @@ class SeeSRPipeline(DiffusionPipeline):
                     trace=item_trace or {},
                 )
             )
+        for r in results:  # seconds of the whole call (a batch shares its stages)
+            r.timings = clock.rounded()
         return results[0] if single else results
 
     @torch.no_grad()

@@ -109,7 +109,7 @@ def upscale_image(
         sr = _write_image(io, result, image, target)
         write_seconds = time.perf_counter() - written_at
     h, w = sr.shape[:2]
-    timings = dict((result.settings or {}).get("timings") or {})
+    timings = dict(getattr(result, "timings", None) or {})
     timings.update(write=round(write_seconds, 3), pipeline_s=round(seconds, 3))
     record: dict[str, Any] = {
         "seesr_sidecar": SIDECAR_VERSION,

@@ -33,6 +33,9 @@ _LATENT_TILES = (96, 80, 64, 48, 32)
 #: tensors alive in one ControlNet + UNet call, in units of (unet width x latent pixels x batch): skip
 #: connections of both networks, ControlNet residuals, the working tensors and attention temporaries (SDPA).
 UNET_LIVE_FACTOR = 14.0
+#: host memory the loaded libraries and allocator add on top of the RSS before loading and the weights,
+#: measured with the tiny weights on the CPU (docs/benchmarks.md: plan accuracy)
+RUNTIME_OVERHEAD = 400 * MIB
 #: full-resolution float32 RGB arrays alive at once around decode / colour fix / resize / write
 FULL_RES_ARRAYS = 4
 #: time of the bounded VAE ("recompute" statistics) over the exact one, measured on the fixture VAE
@@ -248,10 +251,10 @@ def plan_image(
     weights = footprint.weights_bytes(s)
     peak_act = max(stages.values())
     if device_type == "cpu":
-        host = device = baseline + weights + peak_act
+        host = device = baseline + RUNTIME_OVERHEAD + weights + peak_act
     else:
         device = weights + peak_act
-        host = baseline + image_in + FULL_RES_ARRAYS * 12 * target_px
+        host = baseline + RUNTIME_OVERHEAD + image_in + FULL_RES_ARRAYS * 12 * target_px
     r = rates or rough_rates(device_type, footprint.unet_width)
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)

@@ -1,0 +1,116 @@
+"""The plan before the run (issue 13): predictions, the budget ladder, refusals before loading, and the contract
+that a run stays within the --max-memory it was given."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seesr.config import SamplingConfig, TilingConfig
+from seesr.run.footprint import SD2_FOOTPRINT, footprint_of
+from seesr.run.plan import GIB, MIB, choose_plan, parse_size, plan_image
+from seesr.run.sources import choose_weights
+from tests.tiny_pipeline import official_parts
+
+
+def _photo(path: Path, side: int) -> Path:
+    rng = np.random.default_rng(side)
+    a = np.kron(rng.integers(0, 256, (side // 16, side // 16, 3)), np.ones((16, 16, 1))).astype(np.uint8)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def _weights_argv(root: Path) -> list[str]:
+    argv: list[str] = []
+    for part, path in official_parts(root).items():
+        argv += [f"--{part.replace('_', '-')}", str(path)]
+    return argv
+
+
+def test_parse_size():
+    assert parse_size("6GB") == parse_size("6g") == parse_size("6GiB") == 6 * GIB
+    assert parse_size("512MB") == 512 * MIB and parse_size("2.5G") == int(2.5 * GIB)
+    for bad in ("lots", "6 parsecs", "10KB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
+    kw = dict(footprint=SD2_FOOTPRINT, device_type="cpu", dtype_bytes=4, baseline=300 * MIB)
+    sampling = SamplingConfig(num_inference_steps=1)
+    roomy = choose_plan((2000, 1500), sampling, TilingConfig(), budget=200 * GIB, **kw)
+    assert roomy.tiling.vae_mode == "exact" and roomy.fits
+    tight = choose_plan((2000, 1500), sampling, TilingConfig(), budget=int(roomy.host_bytes * 0.6), **kw)
+    assert tight.tiling.vae_mode == "bounded" and tight.tiling.vae_bounded_stats == "recompute"
+    assert tight.host_bytes <= tight.budget_bytes < roomy.host_bytes
+    # the bounded VAE's memory does not grow with the image: the same settings fit a 4x larger photo's VAE
+    big = plan_image((4000, 3000), sampling, tight.tiling, budget=100 * GIB, **kw)
+    assert big.stages["vae_decode"] - 12 * 16000 * 12000 * 2 < tight.stages["vae_decode"] * 4
+    with pytest.raises(ValueError, match="over the memory budget of 8.00 GiB"):
+        choose_plan((2000, 1500), sampling, TilingConfig(), budget=8 * GIB, **kw)  # fp32 weights alone ~9 GiB
+    # with every memory knob pinned by the user nothing can shrink: refused instead of ignoring the flags
+    with pytest.raises(ValueError, match="over the memory budget"):
+        choose_plan(
+            (2000, 1500),
+            sampling,
+            TilingConfig(),
+            budget=int(roomy.host_bytes * 0.6),
+            pinned=frozenset(
+                {"vae_mode", "vae_decoder_tile_size", "vae_encoder_tile_size", "latent_tile_size"}
+            ),
+            **kw,
+        )
+
+
+def test_footprint_reads_sizes_without_loading(fixtures_dir):
+    fp = footprint_of(choose_weights(parts={k: str(v) for k, v in official_parts(fixtures_dir).items()}))
+    assert fp.vae_channels == (32, 32, 32, 32) and fp.unet_width == 16
+    assert 2_000_000 < fp.params < 3_000_000 and fp.dape_params > 1_000_000
+
+
+def test_plan_prints_without_loading_and_refuses_an_impossible_budget(
+    tmp_path, fixtures_dir, monkeypatch, capsys
+):
+    import seesr.cli.upscale as up
+    from seesr.cli import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(up, "_load_pipeline", no_loading)
+    monkeypatch.setenv("SEESR_CACHE", str(tmp_path / "cache"))
+    src = _photo(tmp_path / "p.png", 256)
+    argv = ["upscale", str(src), "-o", str(tmp_path / "o"), *_weights_argv(fixtures_dir)]
+    assert main([*argv, "--plan", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "processed 1024x1024; latent tiles 2x2 of 96; VAE exact" in out and "rough default" in out
+    assert main([*argv, "--max-memory", "200MB"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "over the memory budget of 0.20 GiB" in err[0]
+    assert not (tmp_path / "o" / "p.png").exists()
+
+
+@pytest.mark.parametrize(("side", "budget"), [(128, "1.4GB"), (256, "2.0GB")])
+def test_a_run_stays_within_its_max_memory(tmp_path, fixtures_dir, side, budget):
+    """Contract: the peak RSS of a real `seesr upscale` subprocess (tiny weights) stays within --max-memory, and
+    the plan's prediction is within 25 % of it."""
+    src = _photo(tmp_path / "p.png", side)
+    env = {**os.environ, "SEESR_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
+    argv = [sys.executable, "-m", "seesr", "upscale", str(src), "-o", str(tmp_path / "o"), "--steps", "1"]
+    argv += [*_weights_argv(fixtures_dir), "--max-memory", budget, "--device", "cpu"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    side_car = json.loads((tmp_path / "o" / "p.json").read_text())
+    measured = side_car["memory"]["peak_host_rss_mib"] * MIB
+    predicted = side_car["plan"]["predicted_peak_host_mib"] * MIB
+    assert side_car["memory"]["peak_host_exact"] is True
+    assert measured <= parse_size(budget), (measured / GIB, budget)
+    assert abs(predicted - measured) <= 0.25 * measured, (predicted / GIB, measured / GIB)
+    assert set(side_car["timings"]) >= {"dape", "text", "vae_encode", "denoise", "vae_decode", "write"}
