@@ -180,3 +180,28 @@ def test_yaml_seed_mixer_and_imagenet_statistics_live_in_one_module_each():
     assert _modules_where(calls_yaml_load) == ["config.py"]
     assert _modules_where(golden_gamma) == ["data/datasets.py"]
     assert _modules_where(imagenet_mean) == ["models/dape/model.py"]
+
+
+def test_run_layer_helpers_are_defined_once():
+    """One sidecar writer, one versions(), one device/dtype resolver (issue 12): found by name in the AST."""
+    wanted = {
+        "versions",
+        "_versions",
+        "resolve_device",
+        "resolve_dtype",
+        "_device_dtype",
+        "_dtype",
+        "write_sidecar",
+        "_atomic_write_text",
+        "_utf8_writer",
+    }
+    where: dict[str, list[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in wanted:
+                where.setdefault(node.name, []).append(path.relative_to(SRC).as_posix())
+    assert where == {
+        "versions": ["run/sidecar.py"],
+        "resolve_device": ["pipeline/devices.py"],
+        "resolve_dtype": ["pipeline/devices.py"],
+    }

@@ -76,19 +76,12 @@ def _ram_tagger(args: argparse.Namespace, device: Any) -> Callable[[Any], list[s
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from seesr.data.make_pairs import make_pairs
     from seesr.data.realesrgan import load_degradation_config
+    from seesr.pipeline.devices import resolve_device
 
-    if args.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = args.device
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a torch device: {err}") from err
+    device = resolve_device(args.device)  # the one resolver (cuda > mps > cpu for "auto")
     for d in args.gt:
         if not Path(d).is_dir():
             raise FileNotFoundError(f"--gt folder not found: {d}")

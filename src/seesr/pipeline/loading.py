@@ -27,6 +27,7 @@ from seesr.errors import WeightsError
 from seesr.models.controlnet import SeeSRControlNet
 from seesr.models.unet import SeeSRUNet
 from seesr.pipeline.dape_weights import load_dape, load_official_dape, save_dape
+from seesr.pipeline.devices import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -35,40 +36,6 @@ logger = logging.getLogger(__name__)
 TAGGERS = ("dape", "ram", "none")
 #: the UNet base a pipeline was loaded with, set by the loaders: "sd2" or "sd-turbo"
 UNET_BASE_ATTR = "unet_base"
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-    }
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
-    return table[dtype]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """ "auto"/None -> cuda, then mps, then cpu; otherwise the named device (checked to exist)."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available; use --device cpu")
-    return dev
 
 
 def _sd2_parts(sd2_dir: Path, dtype: torch.dtype) -> dict[str, Any]:
@@ -160,7 +127,7 @@ def load_official(
         )
     if tagger != "dape" and dape is not None:
         raise ValueError(f"dape={dape} given with tagger={tagger!r}, which does not use it; drop one of them")
-    dt, dev = _dtype(dtype), resolve_device(device)
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
     sd2_dir = weights.resolve(sd2, what="SD-2 base", part="sd2-base")
     seesr_dir = weights.resolve(seesr, what="SeeSR weights", part="seesr")
     if (seesr_dir / "seesr" / "unet").is_dir():  # the hub repository nests the release in seesr/
@@ -184,7 +151,7 @@ def load_official(
         dape_model = load_official_dape(
             ram_path, dape, tag_list=tag_list, thresholds=thresholds, arch=dape_arch
         )
-        dape_model = dape_model.to(_dtype(dape_dtype))
+        dape_model = dape_model.to(resolve_dtype(dape_dtype))
     pipe = cls(unet=unet, controlnet=controlnet, dape=dape_model, **parts)
     pipe.unet.eval(), pipe.controlnet.eval()
     setattr(pipe, UNET_BASE_ATTR, "sd-turbo" if turbo_unet is not None else "sd2")
@@ -269,7 +236,7 @@ def load_folder(
         )
     if not turbo and not (root / "unet").is_dir():
         raise WeightsError(f"{root} holds only the turbo UNet (turbo-unet/); load it with turbo=True")
-    dt, dev = _dtype(dtype), resolve_device(device)
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
     parts = _sd2_parts(root, dt)
     base = "sd-turbo" if turbo else "sd2"
     if turbo and not (root / "turbo-unet").is_dir():  # downloaded after the conversion: RCA from unet/
@@ -281,7 +248,7 @@ def load_folder(
     else:
         unet = SeeSRUNet.from_pretrained(root, subfolder="unet", torch_dtype=dt)
     controlnet = SeeSRControlNet.from_pretrained(root, subfolder="controlnet", torch_dtype=dt)
-    dape_model = load_dape(root / "dape").to(_dtype(dape_dtype)) if tagger == "dape" else None
+    dape_model = load_dape(root / "dape").to(resolve_dtype(dape_dtype)) if tagger == "dape" else None
     pipe = cls(unet=unet, controlnet=controlnet, dape=dape_model, **parts)
     setattr(pipe, UNET_BASE_ATTR, base)
     return pipe.to(dev)
