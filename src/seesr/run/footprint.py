@@ -49,6 +49,12 @@ class Footprint:
     unet_width: int
     signature: str
 
+    @classmethod
+    def of(cls, params: int, dape_params: int, vae_channels: tuple[int, ...], unet_width: int) -> Footprint:
+        """A footprint whose ``signature`` is derived from the architecture (params rounded to millions)."""
+        sig = _signature([params // 1_000_000, vae_channels, unet_width])
+        return cls(params, dape_params, vae_channels, unet_width, sig)
+
     def weights_bytes(self, dtype_bytes: int) -> int:
         """Bytes of all weights when the SD parts are held at ``dtype_bytes`` and DAPE in fp32."""
         return self.params * dtype_bytes + self.dape_params * 4
@@ -131,13 +137,7 @@ def footprint_of(choice: Any) -> Footprint:
     vae_cfg, unet_cfg = _config(sd / "vae"), _config(seesr / "unet")
     vae_channels = tuple(int(c) for c in vae_cfg.get("block_out_channels", (128, 256, 512, 512)))
     unet_width = int((unet_cfg.get("block_out_channels") or [320])[0])
-    return Footprint(
-        params=params,
-        dape_params=dape_params,
-        vae_channels=vae_channels,
-        unet_width=unet_width,
-        signature=_signature([params // 1_000_000, vae_channels, unet_width]),
-    )
+    return Footprint.of(params, dape_params, vae_channels, unet_width)
 
 
 def footprint_of_pipeline(pipe: Any) -> Footprint:
@@ -150,22 +150,10 @@ def footprint_of_pipeline(pipe: Any) -> Footprint:
     dape_params = count(getattr(pipe, "dape", None))
     vae_channels = tuple(int(c) for c in pipe.vae.config.block_out_channels)
     unet_width = int(pipe.unet.config.block_out_channels[0])
-    return Footprint(
-        params=params,
-        dape_params=dape_params,
-        vae_channels=vae_channels,
-        unet_width=unet_width,
-        signature=_signature([params // 1_000_000, vae_channels, unet_width]),
-    )
+    return Footprint.of(params, dape_params, vae_channels, unet_width)
 
 
 #: the released SD-2 base + SeeSR sizes (spec), used by ``--plan`` when no weights folder can be read yet
-SD2_FOOTPRINT = Footprint(
-    params=1_126_760_324 + 489_031_440 + 83_653_863 + 340_387_840,
-    dape_params=DAPE_DEFAULT_PARAMS,
-    vae_channels=(128, 256, 512, 512),
-    unet_width=320,
-    signature=_signature(
-        [(1_126_760_324 + 489_031_440 + 83_653_863 + 340_387_840) // 1_000_000, (128, 256, 512, 512), 320]
-    ),
+SD2_FOOTPRINT = Footprint.of(
+    1_126_760_324 + 489_031_440 + 83_653_863 + 340_387_840, DAPE_DEFAULT_PARAMS, (128, 256, 512, 512), 320
 )
