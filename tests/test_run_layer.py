@@ -146,6 +146,10 @@ def test_cli_and_ui_write_identical_files_with_the_tiny_pipeline(tmp_path, fixtu
     ui_side = json.loads(out.sidecar_path.read_text())
     assert cli_side["settings"]["latent_tiled"] is True and cli_side["tiling"]["latent_tile_size"] == 64
     assert _without_volatile(cli_side) == _without_volatile(ui_side)
+    settings_only = ("processed", "latent_tiles", "vae_mode", "latent_tile_size", "vae_decoder_tile_size")
+    assert {k: cli_side["plan"][k] for k in settings_only} == {k: ui_side["plan"][k] for k in settings_only}
+    page_plan = ctl.plan(image, sampling, tiling)  # what the page shows before Upscale
+    assert page_plan is not None and "processed 640x640; latent tiles 2x2 of 64" in page_plan.describe()
 
 
 def test_parts_flags_cover_the_official_parts(fixtures_dir):

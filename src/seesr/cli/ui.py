@@ -73,6 +73,13 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--max-pixels", type=int, default=None, help="input pixel cap, checked before decoding")
     p.add_argument(
+        "--max-memory",
+        dest="max_memory",
+        default=None,
+        metavar="SIZE",
+        help="memory budget, e.g. 8GB (as upscale)",
+    )
+    p.add_argument(
         "--max-output-pixels", type=int, default=None, help="output pixel cap, checked before running"
     )
     p.set_defaults(run=run)
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise ImportError("seesr ui needs gradio: pip install 'seesr[ui]'") from err
     from seesr.cli.upscale import weights_choice
     from seesr.errors import WeightsError
+    from seesr.run.plan import parse_size
     from seesr.run.sources import check_choice
     from seesr.ui.app import WEIGHTS_HELP, build_app, serve
 
@@ -145,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         max_output_pixels=args.max_output_pixels,
         default_preset=_preset(args),
         dtype_requested=args.dtype,
+        max_memory=parse_size(args.max_memory) if args.max_memory else None,
     )
     if args.share:
         print(

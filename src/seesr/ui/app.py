@@ -55,6 +55,7 @@ def build_app(
     sampling_defaults: SamplingConfig | None = None,
     default_preset: str = "default",
     dtype_requested: str = "auto",
+    max_memory: int | None = None,
     title: str = "SeeSR — semantics-aware real-world super-resolution",
 ) -> "gr.Blocks":
     """Build the page (not launched); start it with :func:`serve`.
@@ -70,6 +71,7 @@ def build_app(
         sampling_defaults: initial knob values and every setting without a knob (e.g. ``process_size``).
         default_preset: the preset selected when the page opens (one of ``seesr upscale --preset``'s).
         dtype_requested: the ``--dtype`` the weights were loaded with (recorded in sidecars, as the CLI does).
+        max_memory: memory budget in bytes for the run's plan (default: the CLI's).
 
     Returns:
         A ``gradio.Blocks`` with its queue configured for one job at a time (start it with :func:`serve`). The
@@ -85,6 +87,7 @@ def build_app(
         max_input_pixels=max_input_pixels,
         max_output_pixels=max_output_pixels,
         dtype_requested=dtype_requested,
+        max_memory=max_memory,
     )
     if default_preset not in PRESETS:
         raise ValueError(f"default_preset must be one of {', '.join(PRESETS)}; got {default_preset!r}")
@@ -122,6 +125,12 @@ def build_app(
         status = (
             f"Loaded {image.name} ({w}x{h}). DAPE found {len(tags)} tag(s); edit them, then press Upscale."
         )
+        try:  # the plan of the page's start settings, as `seesr upscale --plan` prints it
+            plan = ctl.plan(image, defaults, tiling_defaults)
+            if plan is not None:
+                status += f" Plan: {plan.describe()}."
+        except ValueError as err:
+            status += f" Warning: {err}"
         notes = image.warnings
         if notes:
             status += " Warning: " + "; ".join(notes)

@@ -176,6 +176,7 @@ class UIController:
         keep_runs: result folders kept; older ones are deleted (the downloads of a page are the newest runs).
         dtype_requested: the ``--dtype`` the weights were loaded with, recorded in the sidecar as the CLI does.
         max_side: long side of the arrays handed to the before/after slider (the full result is the download).
+        max_memory: memory budget in bytes (default: the CLI's, a share of the device's total memory).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class UIController:
         keep_runs: int = 20,
         dtype_requested: str = "auto",
         max_side: int = 2048,
+        max_memory: int | None = None,
     ) -> None:
         from seesr import io as sio
 
@@ -218,6 +220,7 @@ class UIController:
         self.keep_runs = keep_runs
         self.dtype_requested = dtype_requested
         self.max_side = max_side
+        self.max_memory = max_memory
         # One model job at a time, even when Gradio has already dropped a cancelled event.
         self._model_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
@@ -281,6 +284,40 @@ class UIController:
         image.auto_tags = tags
         return tags
 
+    # -- plan ------------------------------------------------------------------------------------------------
+
+    def plan(self, image: InputImage, sampling: SamplingConfig, tiling: TilingConfig) -> Any:
+        """The run's :class:`seesr.run.plan.Plan` (as ``seesr upscale --plan`` makes it), or ``None`` for a
+        stand-in pipeline without SD modules.
+
+        Raises:
+            ValueError: even the smallest settings exceed the memory budget.
+        """
+        from seesr.run.costs import current_rss_bytes
+        from seesr.run.footprint import footprint_of_pipeline
+        from seesr.run.plan import RUNTIME_OVERHEAD, choose_plan, default_budget
+
+        pipe = self.pipeline()
+        try:
+            footprint = footprint_of_pipeline(pipe)
+            device = pipe.device
+            dtype_bytes = int(pipe.unet.dtype.itemsize)
+        except AttributeError:
+            return None
+        weights = footprint.weights_bytes(dtype_bytes)
+        # the weights are loaded already: the baseline is what the process held before them
+        baseline = max(0, current_rss_bytes() - RUNTIME_OVERHEAD - (weights if device.type == "cpu" else 0))
+        return choose_plan(
+            image.size,
+            sampling,
+            tiling,
+            footprint=footprint,
+            device_type=device.type,
+            dtype_bytes=dtype_bytes,
+            budget=self.max_memory or default_budget(device),
+            baseline=baseline,
+        )
+
     # -- run -------------------------------------------------------------------------------------------------
 
     def cancel(self, session: str = "") -> bool:
@@ -336,6 +373,9 @@ class UIController:
                 if event.is_set():
                     raise Cancelled()
                 pipe = self.pipeline()
+                plan = self.plan(image, sampling, tiling)
+                if plan is not None:
+                    tiling = plan.tiling
                 loaded = self._decode(image.path)
                 folder, stem = self._next_run_folder(image, sampling)
                 job = upscale_image(
@@ -348,7 +388,11 @@ class UIController:
                     preset=preset,
                     input_name=image.name,
                     callback=on_step,
-                    extra={"sample_index": 0, "dtype_requested": self.dtype_requested},
+                    extra={
+                        "sample_index": 0,
+                        "dtype_requested": self.dtype_requested,
+                        **({"plan": plan.as_record()} if plan is not None else {}),
+                    },
                 )
         finally:
             # A cancelled job's thread can still be finishing while the session's next job is registered.
