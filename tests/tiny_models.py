@@ -231,7 +231,8 @@ def dape_config():
 def write_ram(folder: Path, generator: torch.Generator) -> None:
     """``ram_tiny.pth`` (``{'model': state_dict}``), ``DAPE_tiny.pth`` (official LoRA layout), ``arch.json``,
     tag list and thresholds."""
-    from seesr.models.dape import DAPE, save_official_lora
+    from seesr.models.dape import DAPE
+    from seesr.pipeline.dape_lora import save_official_lora
 
     folder.mkdir(parents=True, exist_ok=True)
     config = dape_config()
