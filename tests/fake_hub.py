@@ -141,6 +141,8 @@ class FakeHub:
         )
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", self.hf_hub_download)
         monkeypatch.setattr(huggingface_hub, "snapshot_download", self.snapshot_download)
+        # the fake hub is "reachable": tests (and CI) otherwise run with HF_HUB_OFFLINE=1 so nothing real is hit
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         return self
 
 
