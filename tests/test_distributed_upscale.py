@@ -126,7 +126,9 @@ def _sidecar(path: Path) -> dict:
     side.pop("timings")  # what the run cost: measured, not a result
     side.pop("memory", None)
     plan = side.pop("plan")  # predictions and the budget depend on the process count (the budget is shared)
-    side["planned_tiling"] = {k: plan[k] for k in ("processed", "latent_tiles", "vae_mode", "latent_tile_size")}
+    side["planned_tiling"] = {
+        k: plan[k] for k in ("processed", "latent_tiles", "vae_mode", "latent_tile_size")
+    }
     side["output"] = Path(side["output"]).name
     return side
 
