@@ -69,6 +69,14 @@ def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
         )
 
 
+def test_tile_batch_costs_memory_in_the_plan():
+    kw = dict(footprint=SD2_FOOTPRINT, device_type="cuda", dtype_bytes=2, baseline=0, budget=80 * GIB)
+    one = plan_image((1000, 1000), SamplingConfig(), TilingConfig(), **kw)
+    four = plan_image((1000, 1000), SamplingConfig(), TilingConfig(tile_batch=4), **kw)
+    assert one.latent_tiles == (8, 8) and four.stages["denoise"] > one.stages["denoise"]
+    assert four.stages["vae_decode"] == one.stages["vae_decode"]
+
+
 def test_footprint_reads_sizes_without_loading(fixtures_dir):
     fp = footprint_of(choose_weights(parts={k: str(v) for k, v in official_parts(fixtures_dir).items()}))
     assert fp.vae_channels == (32, 32, 32, 32) and fp.unet_width == 16

@@ -50,6 +50,7 @@ _TILING_FLAGS = (
     "vae_encoder_tile_size",
     "vae_decoder_tile_size",
     "vae_mode",
+    "tile_batch",
 )
 
 
@@ -170,6 +171,12 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         help="latent px (224)",
     )
 
+    t.add_argument(
+        "--tile-batch",
+        dest="tile_batch",
+        type=int,
+        help="latent tiles per ControlNet/UNet call (1; more: fewer, bigger calls, more memory)",
+    )
     t.add_argument(
         "--vae-mode",
         dest="vae_mode",

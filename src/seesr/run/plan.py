@@ -233,6 +233,7 @@ def plan_image(
     n_px, target_px = pw * ph, sp.target[0] * sp.target[1]
     grid, tile_px = _grid(lh, lw, tiling, sampling.faithful)
     batch = 2 if sampling.guidance_scale > 1.0 else 1
+    tiles_per_call = min(tiling.tile_batch, grid[0] * grid[1])
     s = dtype_bytes
     channels = footprint.vae_channels
     live = 1 if tiling.vae_bounded_stats == "recompute" else tiling.vae_live_tiles
@@ -241,7 +242,7 @@ def plan_image(
     dec = estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **vae_kw)  # type: ignore[arg-type]
     image_in = size[0] * size[1] * 3 * 4 * 2  # decoded input + its tensor view/copy
     lr_up = 12 * n_px  # (1,3,H,W) float32, alive for the whole call (condition image, colour-fix reference)
-    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * s)
+    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * s)
     stages = {
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + 12 * n_px * batch + unet,
