@@ -23,6 +23,11 @@ _LAZY: dict[str, str] = {
     "ColorFixConfig": "seesr.config",
     "load_image": "seesr.io",
     "save_image": "seesr.io",
+    # the run layer shared with the CLI and the web UI
+    "upscale_image": "seesr.run.job",
+    "OutputTarget": "seesr.run.job",
+    "choose_plan": "seesr.run.plan",
+    "footprint_of_pipeline": "seesr.run.footprint",
 }
 
 __all__ = ["__version__", *_LAZY]
