@@ -15,6 +15,7 @@ Two kinds of tests need model files:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ import pytest
 # No test may reach the network: the first-run download of `seesr upscale`/`seesr ui` must see an offline hub
 # (tests that exercise downloads replace the hub with tests/fake_hub.py). Set before huggingface_hub is imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Runs record their throughput for the planner (~/.cache/seesr/throughput.json): keep the tests' records out of
+# the user's cache, in a folder of this session.
+os.environ.setdefault("SEESR_CACHE", tempfile.mkdtemp(prefix="seesr-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -50,9 +50,18 @@ def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
     tight = choose_plan((2000, 1500), sampling, TilingConfig(), budget=int(roomy.host_bytes * 0.6), **kw)
     assert tight.tiling.vae_mode == "bounded" and tight.tiling.vae_bounded_stats == "recompute"
     assert tight.host_bytes <= tight.budget_bytes < roomy.host_bytes
-    # the bounded VAE's memory does not grow with the image: the same settings fit a 4x larger photo's VAE
+    # the bounded VAE's activations do not grow with the image: 4x the pixels, only the arrays grow (x4)
     big = plan_image((4000, 3000), sampling, tight.tiling, budget=100 * GIB, **kw)
-    assert big.stages["vae_decode"] - 12 * 16000 * 12000 * 2 < tight.stages["vae_decode"] * 4
+    exact_big = plan_image((4000, 3000), sampling, roomy.tiling, budget=100 * GIB, **kw)
+
+    def activations(plan, size):  # the decode stage minus the input, lr_up and decoded-output arrays
+        pixels = plan.processed[0] * plan.processed[1]
+        return plan.stages["vae_decode"] - size[0] * size[1] * 24 - 24 * pixels
+
+    huge = plan_image((8000, 6000), sampling, tight.tiling, budget=100 * GIB, **kw)
+    # one full decoder tile alive, whatever the grid: 4x the pixels, the same activation bytes
+    assert activations(huge, (8000, 6000)) == activations(big, (4000, 3000))
+    assert activations(exact_big, (4000, 3000)) > 3 * activations(big, (4000, 3000))
     with pytest.raises(ValueError, match="over the memory budget of 8.00 GiB"):
         choose_plan((2000, 1500), sampling, TilingConfig(), budget=8 * GIB, **kw)  # fp32 weights alone ~9 GiB
     # with every memory knob pinned by the user nothing can shrink: refused instead of ignoring the flags
@@ -111,7 +120,18 @@ def test_a_run_stays_within_its_max_memory(tmp_path, fixtures_dir, side, budget)
     the plan's prediction is within 25 % of it."""
     src = _photo(tmp_path / "p.png", side)
     env = {**os.environ, "SEESR_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
-    argv = [sys.executable, "-m", "seesr", "upscale", str(src), "-o", str(tmp_path / "o"), "--steps", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "seesr",
+        "-v",
+        "upscale",
+        str(src),
+        "-o",
+        str(tmp_path / "o"),
+        "--steps",
+        "1",
+    ]
     argv += [*_weights_argv(fixtures_dir), "--max-memory", budget, "--device", "cpu"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -122,3 +142,4 @@ def test_a_run_stays_within_its_max_memory(tmp_path, fixtures_dir, side, budget)
     assert measured <= parse_size(budget), (measured / GIB, budget)
     assert abs(predicted - measured) <= 0.25 * measured, (predicted / GIB, measured / GIB)
     assert set(side_car["timings"]) >= {"dape", "text", "vae_encode", "denoise", "vae_decode", "write"}
+    assert "denoise " in done.stderr and "peak RSS " in done.stderr  # `-v` prints the cost breakdown

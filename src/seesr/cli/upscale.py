@@ -440,7 +440,8 @@ def _process(
             )
         finally:
             steps.close()
-        logger.info("%s: %s", target.image, format_costs(job.record))  # `-v`: where the time and memory went
+        if getattr(args, "verbose", False):  # `seesr -v upscale`: where the time and memory went
+            _emit(f"{target.image}: {format_costs(job.record)}")
         if "denoise" in job.record["timings"]:
             batch = 2 if sampling.guidance_scale > 1.0 else 1
             throughput.record_run(

@@ -91,7 +91,9 @@ def choose_weights(
 
 
 def check_choice(choice: WeightsChoice, *, preset: str | None = None) -> None:
-    """Refuse, before loading, what cannot work: a missing folder, turbo without an sd-turbo UNet.
+    """Refuse, before loading, what cannot work: a missing ``--weights`` folder; turbo with official parts but
+    no ``--turbo-unet``. (A weights folder without sd-turbo is refused by the loader, after the first-run
+    download has had its chance to fetch it.)
 
     Raises:
         WeightsError: one line naming the fix.
@@ -103,15 +105,6 @@ def check_choice(choice: WeightsChoice, *, preset: str | None = None) -> None:
         if not choice.folder.is_dir() and choice.origin == "--weights":
             raise WeightsError(
                 f"--weights {choice.folder}: folder not found (make one with `seesr download DIR`)"
-            )
-        if (
-            preset == "turbo"
-            and (choice.folder / "sd2-base").is_dir()
-            and not (choice.folder / "sd-turbo").is_dir()
-        ):
-            raise WeightsError(
-                f"--preset turbo needs the sd-turbo UNet, which {choice.folder} lacks: "
-                f"run `seesr download {choice.folder} --turbo` (or pass --turbo-unet with the official parts)"
             )
     elif preset == "turbo" and not choice.parts.get("turbo_unet"):
         raise WeightsError(
