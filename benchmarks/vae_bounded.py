@@ -77,7 +77,7 @@ def stats_error(bounded: list, exact: list) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int]) -> list[dict]:
+def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int], methods: list[str]) -> list[dict]:
     """Print and return one row per (part, live_tiles) at this image size."""
     from seesr.pipeline.vae_tiling import split_tiles, tiled_decode, tiled_encode
 
@@ -98,7 +98,9 @@ def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int]) -> li
         t_exact = time.perf_counter() - t0
         peak = 2.0 if part == "decode" else float(plain.max() - plain.min())
         d_ex = deviation(exact, plain, peak)
-        for method, k in [("recompute", 1)] + [("sampled", k) for k in live]:
+        runs = [(m, 1) for m in methods if m != "sampled"]
+        runs += [("sampled", k) for k in live] if "sampled" in methods else []
+        for method, k in runs:
             b_stats: list = []
             t0 = time.perf_counter()
             bounded = fn(net, inp, tile, mode="bounded", stats_method=method, live_tiles=k, stats_out=b_stats)
@@ -132,12 +134,14 @@ def memory_child(vae_name: str, part: str, size: int, tile: int, mode: str) -> N
     with torch.no_grad():
         fn(net, inp[..., :16, :16] if part == "decoder" else inp[..., :128, :128], tile)  # warm the allocator
     before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    bounded = mode != "exact"
     with torch.no_grad():
-        # the per-tile working set is the same for both statistics methods; "sampled" with one tile is cheaper
-        fn(net, inp, tile, mode=mode, stats_method="sampled", live_tiles=1)
+        # "sampled" with one tile has the per-tile working set of "recompute" and is cheaper to measure
+        method = "sampled" if mode == "recompute" else mode
+        fn(net, inp, tile, mode="bounded" if bounded else "exact", stats_method=method, live_tiles=1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    est = estimate_vae_peak_bytes(*inp.shape[-2:], tile, part=part,
-                                  block_out_channels=vae.config.block_out_channels, mode=mode)  # fmt: skip
+    est = estimate_vae_peak_bytes(*inp.shape[-2:], tile, part=part, block_out_channels=vae.config.block_out_channels,
+                                  mode="bounded" if bounded else "exact")  # fmt: skip
     print(json.dumps({"measured": peak - before, "estimate": est}))
 
 
@@ -157,7 +161,7 @@ def memory_table(args: argparse.Namespace) -> None:
             hw = (size // 8, size // 8) if part == "decoder" else (size, size)
             pad = 11 if part == "decoder" else 32
             n = len(split_tiles(*hw, tile, pad, is_decoder=part == "decoder"))
-            for mode in ("exact", "bounded"):
+            for mode in ("exact", "spill", "recompute"):
                 cmd = [
                     sys.executable,
                     __file__,
@@ -185,6 +189,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="image sides (px)")
     ap.add_argument("--grid", type=int, default=2, help="tiles per side (sets the tile sizes)")
     ap.add_argument("--live-tiles", type=int, nargs="+", default=[2], help="sampled-statistics sizes to try")
+    ap.add_argument("--methods", nargs="+", default=["spill", "recompute", "sampled"],
+                    choices=["spill", "recompute", "sampled"], help="bounded statistics methods to compare")  # fmt: skip
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--memory", action="store_true", help="measured peak RSS vs estimate_vae_peak_bytes")
     ap.add_argument("--mem-tile", type=int, default=32, help="--memory: decoder tile (latent px); encoder x8")
@@ -211,9 +217,10 @@ def main() -> None:
         measure(
             vae,
             size,
-            math.ceil((size - 2 * 32) / args.grid),
+            8 * math.ceil((size - 2 * 32) / args.grid / 8),  # encoder tiles: whole latent pixels
             math.ceil((size // 8 - 2 * 11) / args.grid),
             args.live_tiles,
+            args.methods,
         )
 
 

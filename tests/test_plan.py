@@ -43,13 +43,23 @@ def test_parse_size():
 
 
 def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
-    kw = dict(footprint=SD2_FOOTPRINT, device_type="cpu", dtype_bytes=4, baseline=300 * MIB)
+    kw = dict(footprint=SD2_FOOTPRINT, device_type="cpu", dtype_bytes=4, baseline=300 * MIB, free_disk=0)
     sampling = SamplingConfig(num_inference_steps=1)
     roomy = choose_plan((2000, 1500), sampling, TilingConfig(), budget=200 * GIB, **kw)
-    assert roomy.tiling.vae_mode == "exact" and roomy.fits
+    assert roomy.tiling.vae_mode == "exact" and roomy.fits and roomy.disk_bytes == 0
     tight = choose_plan((2000, 1500), sampling, TilingConfig(), budget=int(roomy.host_bytes * 0.6), **kw)
+    # no disk for spill files: the exact statistics by recomputation
     assert tight.tiling.vae_mode == "bounded" and tight.tiling.vae_bounded_stats == "recompute"
     assert tight.host_bytes <= tight.budget_bytes < roomy.host_bytes
+    # with the disk for them, the exact mode's tiles wait in files instead: same memory bound, far less time
+    spill = choose_plan(
+        (2000, 1500), sampling, TilingConfig(), budget=tight.budget_bytes, **dict(kw, free_disk=1024 * GIB)
+    )
+    assert spill.tiling.vae_mode == "bounded" and spill.tiling.vae_bounded_stats == "spill"
+    assert spill.host_bytes <= spill.budget_bytes and spill.seconds < tight.seconds
+    # the files hold about the states the exact mode would hold in memory (SD-2 decoder, 8000x6000 fp32: ~70 GiB)
+    assert 40 * GIB < spill.disk_bytes < 120 * GIB
+    assert "spill files" in spill.describe() and spill.as_record()["vae_bounded_stats"] == "spill"
     # the bounded VAE's activations do not grow with the image: 4x the pixels, only the arrays grow (x4)
     big = plan_image((4000, 3000), sampling, tight.tiling, budget=100 * GIB, **kw)
     exact_big = plan_image((4000, 3000), sampling, roomy.tiling, budget=100 * GIB, **kw)

@@ -101,6 +101,67 @@ def test_bounded_holds_a_fixed_number_of_tiles_whatever_the_grid():
     assert conv_bounded[1] == conv_bounded[0] < conv_exact[0]
 
 
+def test_spill_is_bit_identical_with_one_tile_in_memory_and_cleans_up(tmp_path, monkeypatch):
+    from seesr.pipeline import vae_spill
+
+    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path / "spill"))
+    made: list[vae_spill.TileSpill] = []
+    original_enter = vae_spill.TileSpill.__enter__
+
+    def record(self):
+        made.append(self)
+        return original_enter(self)
+
+    monkeypatch.setattr(vae_spill.TileSpill, "__enter__", record)
+    vae = _micro_vae()
+    g = torch.Generator().manual_seed(0)
+    conv_spill: list[int] = []
+    for hw in ((12, 12), (16, 16)):  # 4 and 9 tiles
+        z = torch.randn(1, 4, *hw, generator=g)
+        with torch.no_grad():
+            exact = tiled_decode(vae.decoder, z, 4, pad=2)
+        counter = LiveConvOutputs(vae.decoder)
+        with torch.no_grad():
+            spilled = tiled_decode(
+                vae.decoder, z, 4, pad=2, mode="bounded", stats_method="spill", live_tiles=1
+            )
+        counter.close()
+        conv_spill.append(counter.peak)
+        assert torch.equal(spilled, exact)
+        spill = made[-1]
+        # every tile went to disk and came back; the files held about one full-resolution state, then nothing
+        assert spill.bytes_written > 0 and spill.bytes_on_disk == 0
+        assert spill.peak_bytes < spill.bytes_written
+        assert list((tmp_path / "spill").iterdir()) == []  # the folder is removed
+    assert conv_spill[0] == conv_spill[1]  # whatever the grid: one tile's convolutions alive
+    # tiles kept in memory between turns are not written: 3 of 9 kept -> less disk traffic, same output
+    with torch.no_grad():
+        kept = tiled_decode(vae.decoder, z, 4, pad=2, mode="bounded", stats_method="spill", live_tiles=4)
+    assert torch.equal(kept, exact)
+    assert 0 < made[-1].bytes_written < made[-2].bytes_written * 0.8
+    x = torch.rand(1, 3, 40, 56, generator=g) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(
+            tiled_encode(vae.encoder, x, 16, pad=4, mode="bounded", stats_method="spill"),
+            tiled_encode(vae.encoder, x, 16, pad=4),
+        )
+
+
+def test_spill_errors_remove_the_folder(tmp_path, monkeypatch):
+    from seesr.pipeline import vae_spill
+
+    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path))
+    vae = _micro_vae()
+
+    def broken_take(self, index, device):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(vae_spill.TileSpill, "take", broken_take)
+    with pytest.raises(OSError, match="disk gone"), torch.no_grad():
+        tiled_decode(vae.decoder, torch.zeros(1, 4, 12, 12), 4, pad=2, mode="bounded", stats_method="spill")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bounded_encoder_is_bit_identical_and_sampled_is_exact_on_small_grids(vae):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(1, 3, 136, 200, generator=g) * 2 - 1
@@ -108,7 +169,8 @@ def test_bounded_encoder_is_bit_identical_and_sampled_is_exact_on_small_grids(va
         exact = tiled_encode(vae.encoder, x, 64)
     n_tiles = len(split_tiles(136, 200, 64, 32, is_decoder=False))
     assert n_tiles == 6
-    assert torch.equal(tiled_encode(vae.encoder, x, 64, mode="bounded"), exact)
+    assert torch.equal(tiled_encode(vae.encoder, x, 64, mode="bounded"), exact)  # "spill"
+    assert torch.equal(tiled_encode(vae.encoder, x, 64, mode="bounded", stats_method="recompute"), exact)
     # a sample covering the whole grid is the exact algorithm
     sampled = tiled_encode(vae.encoder, x, 64, mode="bounded", stats_method="sampled", live_tiles=n_tiles)
     assert torch.equal(sampled, exact)

@@ -87,11 +87,14 @@ class TilingConfig:
         latent_tile_overlap: latent overlap; default 32 (>= 25 % of the tile, DESIGN.md §8); official 4.
         vae_encoder_tile_size: encoder tile side in image pixels (official 1024).
         vae_decoder_tile_size: decoder tile side in latent pixels (official 224).
-        vae_mode: "exact" (GroupNorm-synchronised tiles, all alive at once; official) or "bounded" (statistics
-            fixed first, then one tile at a time: memory independent of the image size).
-        vae_bounded_stats: bounded mode's statistics: "recompute" (exact, bit-identical output, about 5x the
-            VAE time) or "sampled" (from ``vae_live_tiles`` tiles; about 1-1.5x the time, approximate).
-        vae_live_tiles: bounded "sampled" mode: most tiles alive at once.
+        vae_mode: "exact" (GroupNorm-synchronised tiles, all alive at once; official) or "bounded" (one tile in
+            memory at a time: memory independent of the image size).
+        vae_bounded_stats: how the bounded mode gets the shared GroupNorm statistics: "spill" (the exact algorithm
+            with the tiles parked in files between GroupNorms: bit-identical output, disk traffic), "recompute"
+            (exact by recomputation: bit-identical output, no disk, about 5-12x the VAE time) or "sampled" (from
+            ``vae_live_tiles`` tiles; about 1-1.5x the time, approximate).
+        vae_live_tiles: bounded mode: most tiles' activations in memory at once ("spill": the rest wait in
+            files; "sampled": the tiles the statistics come from; "recompute" always holds one).
         tile_batch: latent tiles of equal size run together in one ControlNet/UNet call (1 = one at a time;
             larger trades memory for fewer, bigger calls; results equal up to float round-off).
     """
@@ -101,7 +104,7 @@ class TilingConfig:
     vae_encoder_tile_size: int = 1024
     vae_decoder_tile_size: int = 224
     vae_mode: str = "exact"
-    vae_bounded_stats: str = "recompute"
+    vae_bounded_stats: str = "spill"
     vae_live_tiles: int = 4
     tile_batch: int = 1
 
@@ -116,7 +119,7 @@ class TilingConfig:
                 f"got {self.latent_tile_overlap}"
             )
         _check_choice("vae_mode", self.vae_mode, ("exact", "bounded"))
-        _check_choice("vae_bounded_stats", self.vae_bounded_stats, ("recompute", "sampled"))
+        _check_choice("vae_bounded_stats", self.vae_bounded_stats, ("spill", "recompute", "sampled"))
         if self.vae_live_tiles < 1:
             raise ValueError(f"vae_live_tiles must be >= 1, got {self.vae_live_tiles}")
         if self.vae_encoder_tile_size < 64 or self.vae_decoder_tile_size < 8:

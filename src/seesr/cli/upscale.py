@@ -153,7 +153,9 @@ def _planner(args: argparse.Namespace, settings: _Run, world: Any) -> _Planner:
     if args.tile_size is not None:
         pinned.add("latent_tile_size")
     if settings.sampling.faithful:
-        pinned.add("vae_bounded_stats")  # bounded "recompute" is bit-identical to the exact tiled VAE
+        pinned.add(
+            "vae_bounded_stats"
+        )  # never "sampled": the default "spill" is bit-identical to the exact mode
     cache = throughput.cache_file()
     key = throughput.key(device, dtype, footprint.signature)
     rates = throughput.load_rates(cache, key, device.type, footprint.unet_width)

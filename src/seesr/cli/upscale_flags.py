@@ -155,7 +155,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--vae-mode",
         dest="vae_mode",
         choices=["exact", "bounded"],
-        help="tiled VAE: exact (all tiles at once) or bounded (one tile at a time); default: from the budget",
+        help="tiled VAE: exact (all tiles in memory) or bounded (a few tiles in memory, the others waiting in "
+        "files under $SEESR_SPILL_DIR or ~/.cache/seesr/spill, or recomputed when the disk is short; same output); "
+        "default: from the budget",
     )
 
     m = p.add_argument_group("memory plan")

@@ -4,9 +4,10 @@ The exact tiled VAE (``vae_tiling``) keeps every tile's activations alive betwee
 memory grows with the image. Here the shared GroupNorm statistics (one per-(image, group) biased variance and
 mean per GroupNorm, in forward order) are fixed *before* the output pass, and then every tile runs alone through
 the whole encoder/decoder and its valid crop is written straight into the preallocated output. Two ways to get
-the statistics:
+the statistics without disk (the bounded mode's default, ``"spill"``, instead parks the exact mode's tiles in
+files between GroupNorms: ``vae_spill``):
 
-- ``"recompute"`` (default): the exact ones, by recomputation — for GroupNorm ``k`` every tile is re-run from its
+- ``"recompute"``: the exact ones, by recomputation — for GroupNorm ``k`` every tile is re-run from its
   input up to that GroupNorm with the statistics ``< k`` fixed, one tile alive at a time. Output and statistics
   are bit-identical to the exact mode; the cost is the sum over GroupNorms of the compute up to each (measured
   about 5x the exact mode for the SD VAE layouts, see docs/decisions.md).

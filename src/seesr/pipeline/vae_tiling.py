@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from seesr.config import TilingConfig
 from seesr.pipeline.tiling import TileBox
+from seesr.pipeline.vae_spill import TileSpill
 
 logger = logging.getLogger(__name__)
 
@@ -316,24 +317,37 @@ def _run_tiled(
     offload_device: torch.device | str | None,
     scale: int = _VAE_SCALE,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
+    spill: TileSpill | None = None,
 ) -> Tensor:
+    """The GroupNorm-synchronised tiled forward; ``spill`` keeps the tiles' activations in files between turns
+    (all but the last ``spill.keep_in_memory`` tiles of each pass, which the next, reversed pass visits first).
+
+    Each tile's valid crop is written into the output as soon as the tile finishes (the last segment), so no
+    finished tile outlives its turn.
+    """
     device = x.device
     shared_stats: list[tuple[Tensor, Tensor]] = []
-    states: list[Tensor] = [
+    states: list[Tensor | None] = [
         x[:, :, t.input_box.y0 : t.input_box.y1, t.input_box.x0 : t.input_box.x1] for t in tiles
     ]
     residuals: list[Tensor | None] = [None] * len(tiles)
     barriers = [i for i, op in enumerate(ops) if op.kind == "norm"] + [len(ops)]
     start = 0
     shared: tuple[nn.GroupNorm, Tensor, Tensor] | None = None
+    result: Tensor | None = None
     forward = True
     for end in barriers:
         order = range(len(tiles)) if forward else reversed(range(len(tiles)))
         stats: list[tuple[Tensor, Tensor, int]] = []
-        for t in order:
-            h = states[t].to(device)
-            res = residuals[t]
-            res = res.to(device) if res is not None else None
+        for position, t in enumerate(order):
+            state = states[t]
+            if state is None:  # parked in the spill files
+                assert spill is not None
+                h, res = spill.take(t, device)
+            else:
+                h = state.to(device)
+                res = residuals[t]
+                res = res.to(device) if res is not None else None
             if shared is not None:
                 h = _apply_group_norm(h, *shared)
             for op in ops[start:end]:
@@ -353,9 +367,25 @@ def _run_tiled(
                     h = _self_attention(op.module, h)
                 else:  # pragma: no cover - the op list is built above
                     raise AssertionError(op.kind)
-            if end < len(ops):
-                var, mean = _group_var_mean(h, ops[end].module.num_groups)
-                stats.append((var, mean, h.shape[2] * h.shape[3]))
+            if end == len(ops):  # finished: straight into the output
+                states[t] = residuals[t] = None
+                if out_hw == (0, 0):  # statistics only (the bounded mode's sampling pass)
+                    continue
+                if result is None:
+                    shape = (x.shape[0], h.shape[1], *out_hw)
+                    result = torch.zeros(shape, dtype=out_dtype or h.dtype, device=device)
+                ob = tiles[t].output_box
+                result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = _valid_crop(
+                    h, tiles[t], is_decoder=is_decoder, scale=scale
+                )
+                continue
+            var, mean = _group_var_mean(h, ops[end].module.num_groups)
+            stats.append((var, mean, h.shape[2] * h.shape[3]))
+            # the order alternates, so the tiles visited last are needed first: those stay in memory
+            if spill is not None and position < len(tiles) - spill.keep_in_memory:
+                spill.put(t, h, res)
+                states[t] = residuals[t] = None
+                continue
             if offload_device is not None:
                 h = h.to(offload_device)
                 res = res.to(offload_device) if res is not None else None
@@ -370,15 +400,8 @@ def _run_tiled(
 
     if stats_out is not None:
         stats_out.append(shared_stats)
-    if out_hw == (0, 0):  # statistics only (the bounded mode's sampling pass): no output assembled
+    if result is None:  # statistics only: no output assembled
         return x.new_empty(0)
-    first = states[0]
-    result = torch.zeros((x.shape[0], first.shape[1], *out_hw), dtype=out_dtype or first.dtype, device=device)
-    for tile, h in zip(tiles, states, strict=True):
-        ob = tile.output_box
-        result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = _valid_crop(
-            h.to(device), tile, is_decoder=is_decoder, scale=scale
-        )
     return result
 
 
@@ -438,6 +461,20 @@ def _execute(
             scale=scale,
             stats_out=stats_out,
         )
+    if stats_method == "spill":  # the exact algorithm, tiles parked in files: exact output, bounded memory
+        with TileSpill(keep_in_memory=live_tiles - 1) as spill:
+            return _run_tiled(
+                ops,
+                x,
+                tiles,
+                out_hw,
+                is_decoder=is_decoder,
+                out_dtype=out_dtype,
+                offload_device=None,
+                scale=scale,
+                stats_out=stats_out,
+                spill=spill,
+            )
     from seesr.pipeline.vae_bounded import run_bounded  # vae_bounded builds on this module
 
     return run_bounded(
@@ -464,7 +501,7 @@ def tiled_encode(
     out_dtype: torch.dtype | None = None,
     offload_device: torch.device | str | None = None,
     mode: str = "exact",
-    stats_method: str = "recompute",
+    stats_method: str = "spill",
     live_tiles: int = 4,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
 ) -> Tensor:
@@ -480,9 +517,12 @@ def tiled_encode(
             accelerator memory by about one tile (exact mode; the bounded mode needs no parking).
         mode: "exact" (GroupNorm-synchronised, all tiles alive; the official behaviour) or "bounded" (statistics
             fixed first, one tile alive at a time; ``vae_bounded``).
-        stats_method: bounded mode: "recompute" (the exact statistics, bit-identical output, one tile alive,
-            about L/2 times the compute) or "sampled" (statistics from ``live_tiles`` tiles; approximate).
-        live_tiles: bounded "sampled" mode: most tiles alive at once (tiles sampled for the statistics).
+        stats_method: bounded mode: "spill" (the exact algorithm with the tiles' activations parked in files
+            between GroupNorms: bit-identical output, one tile in memory, disk traffic; ``vae_spill``),
+            "recompute" (the exact statistics by recomputation, bit-identical output, one tile alive, about L/2
+            times the compute) or "sampled" (statistics from ``live_tiles`` tiles; approximate).
+        live_tiles: bounded mode: most tiles alive at once ("spill": the one running plus ``live_tiles - 1``
+            kept in memory between turns; "sampled": the tiles sampled for the statistics; "recompute": 1).
         stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
 
     Returns:
@@ -529,7 +569,7 @@ def tiled_decode(
     out_dtype: torch.dtype | None = None,
     offload_device: torch.device | str | None = None,
     mode: str = "exact",
-    stats_method: str = "recompute",
+    stats_method: str = "spill",
     live_tiles: int = 4,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
 ) -> Tensor:
@@ -544,9 +584,12 @@ def tiled_decode(
         offload_device: if given, tiles are parked there between GroupNorm barriers (exact mode).
         mode: "exact" (GroupNorm-synchronised, all tiles alive; the official behaviour) or "bounded" (statistics
             fixed first, one tile alive at a time; ``vae_bounded``).
-        stats_method: bounded mode: "recompute" (the exact statistics, bit-identical output, one tile alive,
-            about L/2 times the compute) or "sampled" (statistics from ``live_tiles`` tiles; approximate).
-        live_tiles: bounded "sampled" mode: most tiles alive at once (tiles sampled for the statistics).
+        stats_method: bounded mode: "spill" (the exact algorithm with the tiles' activations parked in files
+            between GroupNorms: bit-identical output, one tile in memory, disk traffic; ``vae_spill``),
+            "recompute" (the exact statistics by recomputation, bit-identical output, one tile alive, about L/2
+            times the compute) or "sampled" (statistics from ``live_tiles`` tiles; approximate).
+        live_tiles: bounded mode: most tiles alive at once ("spill": the one running plus ``live_tiles - 1``
+            kept in memory between turns; "sampled": the tiles sampled for the statistics; "recompute": 1).
         stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
 
     Returns:

@@ -15,6 +15,7 @@ refused in one line before anything is loaded.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -38,10 +39,23 @@ UNET_LIVE_FACTOR = 14.0
 RUNTIME_OVERHEAD = 400 * MIB
 #: full-resolution float32 RGB arrays alive at once around decode / colour fix / resize / write
 FULL_RES_ARRAYS = 4
-#: time of the bounded VAE ("recompute" statistics) over the exact one, measured on the fixture VAE
-#: (docs/decisions.md: encoder 10-14x, decoder 4-6x)
-BOUNDED_ENCODE_COST = 12.0
-BOUNDED_DECODE_COST = 5.0
+#: time of the bounded VAE over the exact one, measured on the fixture VAE (docs/decisions.md): "recompute"
+#: encoder 10-14x, decoder 4-6x; "spill" (one tile in memory, a 150 MB/s disk) encoder 1.1x, decoder 1.5x
+BOUNDED_COST = {
+    "recompute": {"encode": 12.0, "decode": 5.0},
+    "spill": {"encode": 1.1, "decode": 1.5},
+    "sampled": {"encode": 1.1, "decode": 1.3},
+}
+#: free disk the spill files need, over the estimate of the largest full-resolution state
+SPILL_DISK_MARGIN = 1.2
+
+
+def vae_time_factors(tiling: TilingConfig) -> tuple[float, float]:
+    """(encoder, decoder) time of the configured tiled VAE over the exact mode's (1, 1 in the exact mode)."""
+    if tiling.vae_mode != "bounded":
+        return 1.0, 1.0
+    cost = BOUNDED_COST[tiling.vae_bounded_stats]
+    return cost["encode"], cost["decode"]
 
 
 def parse_size(text: str | int) -> int:
@@ -108,6 +122,7 @@ class Plan:
     seconds: float
     seconds_basis: str
     stages: dict[str, int]
+    disk_bytes: int = 0
 
     def as_record(self) -> dict[str, Any]:
         """The sidecar's ``plan`` field."""
@@ -115,6 +130,9 @@ class Plan:
             "processed": list(self.processed),
             "latent_tiles": list(self.latent_tiles),
             "vae_mode": self.tiling.vae_mode,
+            "vae_bounded_stats": self.tiling.vae_bounded_stats if self.tiling.vae_mode == "bounded" else None,
+            "vae_live_tiles": self.tiling.vae_live_tiles if self.tiling.vae_mode == "bounded" else None,
+            "predicted_spill_disk_mib": round(self.disk_bytes / MIB, 1),
             "vae_encoder_tile_size": self.tiling.vae_encoder_tile_size,
             "vae_decoder_tile_size": self.tiling.vae_decoder_tile_size,
             "latent_tile_size": self.tiling.latent_tile_size,
@@ -131,6 +149,8 @@ class Plan:
         r, c = self.latent_tiles
         t = self.tiling
         vae = f"VAE {t.vae_mode}" + (f"/{t.vae_bounded_stats}" if t.vae_mode == "bounded" else "")
+        if self.disk_bytes:
+            vae += f" ({self.disk_bytes / GIB:.2f} GiB spill files)"
         return (
             f"{self.input_size[0]}x{self.input_size[1]} -> processed {w}x{h}; latent tiles {r}x{c} of "
             f"{t.latent_tile_size}; {vae}, encoder tile {t.vae_encoder_tile_size} px ({self.vae_encoder_tiles}), "
@@ -212,6 +232,7 @@ def plan_image(
     budget: int,
     baseline: int,
     rates: Rates | None = None,
+    free_disk: int | None = None,
 ) -> Plan:
     """Predict the cost of one image with the given settings (see the module docstring for the model).
 
@@ -223,6 +244,8 @@ def plan_image(
         budget: memory budget in bytes (of the device; of the host on the CPU).
         baseline: host bytes in use before the weights are loaded (this process's RSS now).
         rates: time rates; default :func:`rough_rates`.
+        free_disk: free bytes where the bounded VAE's spill files go (default: measured there now); a plan
+            whose spill files would not fit does not fit.
     """
     from seesr.pipeline.sizing import plan_sizes
     from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
@@ -236,10 +259,18 @@ def plan_image(
     tiles_per_call = min(tiling.tile_batch, grid[0] * grid[1])
     s = dtype_bytes
     channels = footprint.vae_channels
+    bounded = tiling.vae_mode == "bounded"
     live = 1 if tiling.vae_bounded_stats == "recompute" else tiling.vae_live_tiles
     vae_kw = dict(block_out_channels=channels, mode=tiling.vae_mode, live_tiles=live, dtype_bytes=s)
     enc = estimate_vae_peak_bytes(ph, pw, tiling.vae_encoder_tile_size, part="encoder", **vae_kw)  # type: ignore[arg-type]
     dec = estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **vae_kw)  # type: ignore[arg-type]
+    disk = 0
+    if bounded and tiling.vae_bounded_stats == "spill":  # the states the exact mode would hold, in files
+        exact_kw = dict(vae_kw, mode="exact")
+        disk = max(
+            estimate_vae_peak_bytes(ph, pw, tiling.vae_encoder_tile_size, part="encoder", **exact_kw),  # type: ignore[arg-type]
+            estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **exact_kw),  # type: ignore[arg-type]
+        )
     image_in = size[0] * size[1] * 3 * 4 * 2  # decoded input + its tensor view/copy
     lr_up = 12 * n_px  # (1,3,H,W) float32, alive for the whole call (condition image, colour-fix reference)
     unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * s)
@@ -259,13 +290,14 @@ def plan_image(
     r = rates or rough_rates(device_type, footprint.unet_width)
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)
-    recompute = tiling.vae_mode == "bounded" and tiling.vae_bounded_stats == "recompute"
+    enc_factor, dec_factor = vae_time_factors(tiling)
     seconds = (
         r.fixed
         + r.denoise * lh * lw * overlap_factor * batch * steps
-        + r.vae_encode * n_px * (BOUNDED_ENCODE_COST if recompute else 1)
-        + r.vae_decode * n_px * (BOUNDED_DECODE_COST if recompute else 1)
+        + r.vae_encode * n_px * enc_factor
+        + r.vae_decode * n_px * dec_factor
     )
+    disk_ok = disk == 0 or disk * SPILL_DISK_MARGIN <= (free_disk if free_disk is not None else _free_disk())
     return Plan(
         input_size=(int(size[0]), int(size[1])),
         processed=(pw, ph),
@@ -276,11 +308,18 @@ def plan_image(
         host_bytes=int(host),
         device_bytes=int(device),
         budget_bytes=int(budget),
-        fits=(device if device_type != "cpu" else host) <= budget,
+        fits=(device if device_type != "cpu" else host) <= budget and disk_ok,
         seconds=float(seconds),
         seconds_basis=r.basis,
         stages={k: int(v) for k, v in stages.items()},
+        disk_bytes=int(disk),
     )
+
+
+def _free_disk() -> int:
+    from seesr.pipeline.vae_spill import free_disk_bytes
+
+    return free_disk_bytes()
 
 
 def _ladder(tiling: TilingConfig, pinned: frozenset[str]) -> Iterator[TilingConfig]:
@@ -293,13 +332,22 @@ def _ladder(tiling: TilingConfig, pinned: frozenset[str]) -> Iterator[TilingConf
     yield tiling
     modes = [tiling.vae_mode] if "vae_mode" in pinned else ["bounded"]
     for mode in modes:
-        # "recompute": exact statistics, bit-identical to the exact mode ("sampled" is off by up to ~40 %)
-        stats = tiling.vae_bounded_stats if "vae_bounded_stats" in pinned else "recompute"
-        for latent in (
+        # "spill" then "recompute" (no disk): both bit-identical to the exact mode ("sampled" is off by up to 40 %)
+        # with "spill", fewer tiles kept in memory (more disk traffic) before the much slower "recompute"
+        methods = [tiling.vae_bounded_stats] if "vae_bounded_stats" in pinned else ["spill", "recompute"]
+        lives = (
+            [tiling.vae_live_tiles]
+            if "vae_live_tiles" in pinned
+            else sorted({tiling.vae_live_tiles, 1})[::-1]
+        )
+        latents = (
             [tiling.latent_tile_size]
             if "latent_tile_size" in pinned
             else _shrinking(tiling.latent_tile_size, _LATENT_TILES)
-        ):
+        )
+        for stats, live, latent in itertools.product(methods, lives, latents):
+            if stats != "spill" and live != lives[0]:
+                continue  # the live-tile count only matters to "spill" here
             overlap = (
                 tiling.latent_tile_overlap
                 if "latent_tile_overlap" in pinned or latent == tiling.latent_tile_size
@@ -320,6 +368,7 @@ def _ladder(tiling: TilingConfig, pinned: frozenset[str]) -> Iterator[TilingConf
                     tiling,
                     vae_mode=mode,
                     vae_bounded_stats=stats,
+                    vae_live_tiles=live,
                     latent_tile_size=latent,
                     latent_tile_overlap=min(overlap, latent - 1),
                     vae_decoder_tile_size=dec,

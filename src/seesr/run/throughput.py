@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from seesr.run.plan import BOUNDED_DECODE_COST, BOUNDED_ENCODE_COST, Plan, Rates, rough_rates
+from seesr.run.plan import Plan, Rates, rough_rates, vae_time_factors
 
 
 def cache_file(env: Mapping[str, str] | None = None) -> Path:
@@ -65,9 +65,7 @@ def record_run(
         lh, lw = ph // 8, pw // 8
         rows, cols = plan.latent_tiles
         tile_work = lh * lw if (rows, cols) == (1, 1) else rows * cols * plan.tiling.latent_tile_size**2
-        recompute = plan.tiling.vae_mode == "bounded" and plan.tiling.vae_bounded_stats == "recompute"
-        enc_factor = BOUNDED_ENCODE_COST if recompute else 1.0
-        dec_factor = BOUNDED_DECODE_COST if recompute else 1.0
+        enc_factor, dec_factor = vae_time_factors(plan.tiling)
         sample = {
             "denoise": timings["denoise"] / max(1, tile_work * batch * steps),
             "vae_encode": timings.get("vae_encode", 0.0) / max(1, pw * ph) / enc_factor,

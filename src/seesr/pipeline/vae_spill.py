@@ -1,0 +1,145 @@
+"""Tiles' activations kept in files between GroupNorm barriers: the exact tiled VAE in bounded memory (issue 13).
+
+The exact tiled VAE (``vae_tiling._run_tiled``) runs every tile up to a GroupNorm, combines the tiles' statistics,
+and only then continues; every tile's activation must survive until its next turn. Kept in memory, that is
+O(image x channels). Here each tile's activation (and its pending residual) is written to its own file when the
+tile's turn ends and read back (and the file deleted) when its next turn starts, so one tile is in memory at a
+time while the arithmetic, and therefore the output, is exactly the exact mode's.
+
+The files are written and read with plain ``write``/``readinto``: the bytes pass through the kernel's page cache,
+which is reclaimable and not part of the process's resident memory; on a machine short of memory the kernel writes
+them to disk. Disk use peaks at about one full-resolution activation (every tile's file is deleted as soon as it is
+read back). The folder is ``$SEESR_SPILL_DIR`` if set, else ``spill/`` in seesr's cache folder (``$SEESR_CACHE``,
+default ``~/.cache/seesr``) — deliberately not ``/tmp``, which is RAM-backed (tmpfs) on many systems.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+import torch
+from torch import Tensor
+
+
+def default_spill_root() -> Path:
+    """Where spill folders are made: ``$SEESR_SPILL_DIR``, else ``<$SEESR_CACHE or ~/.cache/seesr>/spill``."""
+    explicit = os.environ.get("SEESR_SPILL_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("SEESR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "seesr")
+    return Path(cache) / "spill"
+
+
+def free_disk_bytes(root: Path | None = None) -> int:
+    """Free bytes on the file system of the spill root (its nearest existing parent)."""
+    path = (root or default_spill_root()).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return int(shutil.disk_usage(path).free)
+
+
+#: how one tensor was written: dtype, the shape as written, and the dimension order it was written in
+_Saved = tuple[torch.dtype, tuple[int, ...], list[int]]
+
+
+def _layout_order(t: Tensor) -> list[int]:
+    """Dimensions from the largest stride to the smallest: written in this order, the tensor is read back with
+    its original strides (e.g. channels-last), which later kernels' rounding can depend on."""
+    strides = t.stride()
+    return sorted(range(t.ndim), key=lambda d: (-strides[d], d))
+
+
+class TileSpill:
+    """Per-tile activations in files: ``put(i, h, res)`` after a tile's turn, ``take(i)`` before the next one.
+
+    ``keep_in_memory`` tiles per pass are not written at all (the executor keeps the ones it needs first), so at
+    most ``keep_in_memory + 1`` tiles' activations are in memory. Use as a context manager; the folder (a fresh one under ``root``) is removed on exit, also after an error.
+    ``bytes_on_disk`` is what the files hold now, ``peak_bytes`` the most they held, ``bytes_written`` the total
+    traffic (for the plan and the benchmarks).
+    """
+
+    def __init__(self, root: Path | str | None = None, *, keep_in_memory: int = 0) -> None:
+        if keep_in_memory < 0:
+            raise ValueError(f"keep_in_memory must be >= 0, got {keep_in_memory}")
+        self.keep_in_memory = keep_in_memory
+        self.root = Path(root) if root is not None else default_spill_root()
+        self.folder: Path | None = None
+        self._meta: dict[int, list[_Saved | None]] = {}
+        self.bytes_on_disk = self.peak_bytes = self.bytes_written = 0
+
+    def __enter__(self) -> TileSpill:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f"vae-{uuid.uuid4().hex[:8]}-", dir=self.root))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+        self._meta.clear()
+        self.bytes_on_disk = 0
+
+    def _path(self, index: int) -> Path:
+        assert self.folder is not None, "TileSpill used outside its `with` block"
+        return self.folder / f"tile{index:06d}.bin"
+
+    def put(self, index: int, h: Tensor, res: Tensor | None) -> None:
+        """Write tile ``index``'s activation ``h`` and pending residual ``res`` (any device and dtype)."""
+        meta: list[_Saved | None] = []
+        size = 0
+        try:
+            with open(self._path(index), "wb") as f:
+                for t in (h, res):
+                    if t is None:
+                        meta.append(None)
+                        continue
+                    order = _layout_order(t)
+                    flat = t.detach().permute(order).to("cpu").contiguous()
+                    f.write(flat.reshape(-1).view(torch.uint8).numpy().data)
+                    meta.append((flat.dtype, tuple(flat.shape), order))
+                    size += flat.numel() * flat.element_size()
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise OSError(
+                    e.errno,
+                    f"no space left for the bounded VAE's spill files in {self.root}; free disk space, set "
+                    "SEESR_SPILL_DIR to a larger disk, or use --vae-mode bounded with recomputed statistics",
+                ) from e
+            raise
+        self._meta[index] = meta
+        self.bytes_on_disk += size
+        self.bytes_written += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes_on_disk)
+
+    def take(self, index: int, device: torch.device | str) -> tuple[Tensor, Tensor | None]:
+        """Read tile ``index`` back onto ``device`` (as written) and delete its file."""
+        path = self._path(index)
+        meta = self._meta.pop(index)
+        out: list[Tensor | None] = []
+        with open(path, "rb") as f:
+            for m in meta:
+                if m is None:
+                    out.append(None)
+                    continue
+                dtype, shape, order = m
+                count = 1
+                for s in shape:
+                    count *= s
+                raw = torch.empty(count * torch.empty(0, dtype=dtype).element_size(), dtype=torch.uint8)
+                if f.readinto(raw.numpy().data) != raw.numel():
+                    raise OSError(f"spill file {path} is truncated")
+                back = [order.index(d) for d in range(len(order))]
+                out.append(raw.view(dtype).reshape(shape).permute(back).to(device))
+                self.bytes_on_disk -= raw.numel()
+        path.unlink()
+        h, res = out
+        assert h is not None
+        return h, res
