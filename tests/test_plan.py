@@ -124,6 +124,25 @@ def test_plan_prints_without_loading_and_refuses_an_impossible_budget(
     assert not (tmp_path / "o" / "p.png").exists()
 
 
+def test_the_output_cap_is_the_plan_and_the_user_can_still_set_one(tmp_path, fixtures_dir, monkeypatch, capsys):
+    """No fixed output cap by default: a 4800x3600 input (a 276 Mpx output, over the old 16384² cap) is
+    planned; what cannot fit the budget is refused by the plan; --max-output-pixels still caps when given."""
+    import seesr.cli.upscale as up
+    from seesr.cli import main
+
+    monkeypatch.setattr(up, "_load_pipeline", lambda *a, **k: pytest.fail("the weights were loaded"))
+    monkeypatch.setenv("SEESR_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "big.png"
+    Image.new("RGB", (4800, 3600), (120, 90, 60)).save(src)
+    argv = ["upscale", str(src), "-o", str(tmp_path / "o"), *_weights_argv(fixtures_dir), "--plan"]
+    assert main([*argv, "--max-memory", "2TB"]) == 0
+    assert "processed 19200x14400" in capsys.readouterr().out
+    assert main([*argv, "--max-memory", "4GB"]) == 1
+    assert "over the memory budget of 4.00 GiB" in capsys.readouterr().err
+    assert main([*argv, "--max-memory", "2TB", "--max-output-pixels", str(16384 * 16384)]) == 1
+    assert "over the output cap of 268435456 (--max-output-pixels)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("side", "budget"), [(128, "1.4GB"), (256, "2.0GB")])
 def test_a_run_stays_within_its_max_memory(tmp_path, fixtures_dir, side, budget):
     """Contract: the peak RSS of a real `seesr upscale` subprocess (tiny weights) stays within --max-memory, and

@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
         plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s) for s in suffixes
     ]
     max_pixels = args.max_pixels or io.DEFAULT_MAX_PIXELS
-    max_out = args.max_output_pixels or io.DEFAULT_MAX_OUTPUT_PIXELS
+    max_out = args.max_output_pixels  # default: no fixed cap, the memory plan refuses what cannot fit
 
     failures: list[str] = []
 

@@ -184,5 +184,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--max-pixels", dest="max_pixels", type=int, help="input pixel cap, checked before decoding"
     )
-    r.add_argument("--max-output-pixels", dest="max_output_pixels", type=int, help="output pixel cap")
+    r.add_argument(
+        "--max-output-pixels",
+        dest="max_output_pixels",
+        type=int,
+        help="output pixel cap (default: none; what cannot fit --max-memory is refused by the plan)",
+    )
     r.add_argument("--save-prompts", dest="save_prompts", action="store_true", help="also write txt/NAME.txt")

@@ -28,7 +28,8 @@ from seesr.io.sniff import describe_non_image, sniff_format
 
 #: Default input cap (8192 x 8192): below Pillow's decompression-bomb warning (89,478,485 px).
 DEFAULT_MAX_PIXELS = 8192 * 8192
-#: Default output cap (16384 x 16384): a x4 result of a 4096 x 4096 input.
+#: Cap on images read back as outputs or dataset files (eval, datasets; 16384 x 16384: a x4 result of a 4096 x 4096
+#: input); `seesr upscale` and the UI have no fixed output cap, their memory plan refuses what cannot fit.
 DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
 
 

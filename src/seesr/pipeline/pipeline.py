@@ -104,6 +104,10 @@ class SeeSRPipeline(DiffusionPipeline):
     chosen at load time (DAPE stays fp32 by default, as the official script runs it).
     """
 
+    #: the largest processed size a call accepts (a runaway enlargement is refused whatever it is); the run layer
+    #: (CLI, UI) sets it to ``sizing.NO_PIXEL_CAP`` on the pipelines it loads: its memory plan decides instead
+    max_processed_pixels: int = sizing.DEFAULT_MAX_PROCESSED_PIXELS
+
     # No ``model_cpu_offload_seq``: diffusers' hook-based offload cannot place the DAPE or the tiled VAE's
     # tiles; the tiled VAE and latent tiling bound memory instead.
 
@@ -321,7 +325,10 @@ class SeeSRPipeline(DiffusionPipeline):
 
         # 1. size
         plan = sizing.plan_sizes(
-            (images[0].shape[-1], images[0].shape[-2]), sampling.upscale, sampling.process_size
+            (images[0].shape[-1], images[0].shape[-2]),
+            sampling.upscale,
+            sampling.process_size,
+            max_pixels=self.max_processed_pixels,
         )
         for other in images[1:]:
             if other.shape != images[0].shape:

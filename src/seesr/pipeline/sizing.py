@@ -29,8 +29,11 @@ class SizePlan:
 
 
 #: The library's own cap on the processed image (pixels); ``plan_sizes`` refuses larger work before any model
-#: runs. Equal to the CLI's default output cap (``seesr.io.DEFAULT_MAX_OUTPUT_PIXELS``).
+#: runs, for direct API use (``SeeSRPipeline.max_processed_pixels``). The CLI and UI plan memory instead.
 DEFAULT_MAX_PROCESSED_PIXELS = 16384 * 16384
+#: ``max_pixels`` meaning "no size cap" while still refusing runaway enlargement (the run layer's memory plan
+#: decides what fits instead)
+NO_PIXEL_CAP = 2**62
 #: Enlarging a small input is the official behaviour, but a thin strip (8x1200) would be processed at ~39 Mpx for
 #: a 0.15 Mpx result. Enlargement is refused once the processed image is both over ``ENLARGEMENT_FREE_PIXELS``
 #: and more than ``MAX_ENLARGEMENT_RATIO`` times the output (a 32x32 input, processed at 512x512 for a 128x128

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 
-def check_size(width: int, height: int, sampling: Any, max_output_pixels: int) -> None:
-    """Refuse an input whose output or processed size is over ``max_output_pixels``.
+def check_size(width: int, height: int, sampling: Any, max_output_pixels: int | None) -> None:
+    """Refuse an input whose output or processed size is over ``max_output_pixels`` (``None``: no fixed cap —
+    the memory plan decides — but a runaway enlargement is still refused).
 
     Inputs with a side under ``process_size / upscale`` are enlarged before processing (spec §1.3 step 4), so
     a thin strip (e.g. 4×8192) is processed at hundreds of megapixels although its output is small.
@@ -20,10 +21,12 @@ def check_size(width: int, height: int, sampling: Any, max_output_pixels: int) -
     Raises:
         ValueError: naming the sizes, the cap and what to change.
     """
-    from seesr.pipeline.sizing import plan_sizes
+    from seesr.pipeline.sizing import NO_PIXEL_CAP, plan_sizes
 
     ow, oh = round(width * sampling.upscale), round(height * sampling.upscale)
-    if ow * oh > max_output_pixels:
+    if max_output_pixels is None:
+        max_output_pixels = NO_PIXEL_CAP
+    elif ow * oh > max_output_pixels:
         raise ValueError(
             f"output would be {ow}x{oh} = {ow * oh} pixels, over the output cap of {max_output_pixels} "
             "(--max-output-pixels); not processed"
@@ -36,7 +39,7 @@ def check_input(
     sampling: Any,
     *,
     max_pixels: int,
-    max_output_pixels: int,
+    max_output_pixels: int | None,
     fmt: str = "png",
     bit_depth: int = 8,
 ) -> Any:

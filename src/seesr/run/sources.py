@@ -160,6 +160,7 @@ def load_pipeline(
     from seesr.pipeline.devices import resolve_device_dtype
     from seesr.pipeline.loading import check_preset_weights
     from seesr.pipeline.pipeline import SeeSRPipeline
+    from seesr.pipeline.sizing import NO_PIXEL_CAP
 
     check_choice(choice, preset=preset)
     dev, dt = resolve_device_dtype(device, dtype)
@@ -174,4 +175,5 @@ def load_pipeline(
         manifest = None
     check_preset_weights(preset or "default", pipe)
     pipe.weights_manifest = manifest
+    pipe.max_processed_pixels = NO_PIXEL_CAP  # callers plan each input against the memory budget first
     return pipe

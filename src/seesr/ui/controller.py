@@ -172,7 +172,8 @@ class UIController:
         load_error: message shown instead of running when ``pipeline`` is ``None``.
         output_dir: where result files are written (a temporary folder, removed with the controller, by default).
         max_input_pixels: input pixel cap, checked before decoding.
-        max_output_pixels: output (and processing) pixel cap, checked before any model work.
+        max_output_pixels: output (and processing) pixel cap, checked before any model work (default none:
+            the memory plan refuses what cannot fit the budget).
         keep_runs: result folders kept; older ones are deleted (the downloads of a page are the newest runs).
         dtype_requested: the ``--dtype`` the weights were loaded with, recorded in the sidecar as the CLI does.
         max_side: long side of the arrays handed to the before/after slider (the full result is the download).
@@ -214,9 +215,10 @@ class UIController:
         else:
             self.output_dir = Path(tempfile.mkdtemp(prefix="seesr-ui-"))
             weakref.finalize(self, _remove_tree, str(self.output_dir))
-        # The CLI's caps by default (seesr.io), so the UI refuses exactly what `seesr upscale` refuses.
+        # The CLI's caps by default, so the UI refuses exactly what `seesr upscale` refuses: the input cap of
+        # seesr.io (checked before decoding) and no fixed output cap — the memory plan refuses what cannot fit.
         self.max_input_pixels = int(max_input_pixels or sio.DEFAULT_MAX_PIXELS)
-        self.max_output_pixels = int(max_output_pixels or sio.DEFAULT_MAX_OUTPUT_PIXELS)
+        self.max_output_pixels = int(max_output_pixels) if max_output_pixels else None
         self.keep_runs = keep_runs
         self.dtype_requested = dtype_requested
         self.max_side = max_side
