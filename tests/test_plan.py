@@ -124,7 +124,9 @@ def test_plan_prints_without_loading_and_refuses_an_impossible_budget(
     assert not (tmp_path / "o" / "p.png").exists()
 
 
-def test_the_output_cap_is_the_plan_and_the_user_can_still_set_one(tmp_path, fixtures_dir, monkeypatch, capsys):
+def test_the_output_cap_is_the_plan_and_the_user_can_still_set_one(
+    tmp_path, fixtures_dir, monkeypatch, capsys
+):
     """No fixed output cap by default: a 4800x3600 input (a 276 Mpx output, over the old 16384² cap) is
     planned; what cannot fit the budget is refused by the plan; --max-output-pixels still caps when given."""
     import seesr.cli.upscale as up
