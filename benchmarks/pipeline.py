@@ -4,7 +4,9 @@ Each (config, size, mode) runs in a fresh subprocess so the peak memory is that 
 official-format fixtures (../shared/fixtures); ``sd2`` builds every component at full size with random weights
 (timing and memory do not depend on the values). Modes: ``untiled`` turns every tiling stage off by making the
 tiles larger than the image; ``tiled`` = ``exact`` is the default tiling (GroupNorm-synchronised tiled VAE);
-``bounded`` / ``sampled`` use the bounded-memory VAE with recomputed / sampled statistics. Ratios are against
+``bounded`` (= ``spill``) / ``recompute`` / ``sampled`` use the bounded-memory VAE with the tiles waiting in files /
+recomputed statistics / sampled statistics, ``--live-tiles`` tiles in memory and ``--decoder-tile`` /
+``--encoder-tile`` (the same at every size, so the working set does not grow). Ratios are against
 the first mode given. ``--stages`` also prints, per run, every stage's seconds, the process RSS after it and the
 peak RSS so far (where the memory goes).
 
@@ -124,9 +126,15 @@ def single(args: argparse.Namespace) -> None:
         tiling = TilingConfig(latent_tile_size=10**6, latent_tile_overlap=0, vae_encoder_tile_size=10**7,
                               vae_decoder_tile_size=10**6)  # fmt: skip
     else:
-        vae_mode = {"tiled": "exact", "exact": "exact", "bounded": "bounded", "sampled": "bounded"}[args.mode]
-        stats = "sampled" if args.mode == "sampled" else "recompute"
-        tiling = TilingConfig(vae_mode=vae_mode, vae_bounded_stats=stats)
+        bounded = args.mode in ("bounded", "spill", "recompute", "sampled")
+        stats = {"sampled": "sampled", "recompute": "recompute"}.get(args.mode, "spill")
+        sizes = {}
+        if bounded and args.decoder_tile:
+            sizes["vae_decoder_tile_size"] = args.decoder_tile
+        if bounded and args.encoder_tile:
+            sizes["vae_encoder_tile_size"] = args.encoder_tile
+        tiling = TilingConfig(vae_mode="bounded" if bounded else "exact", vae_bounded_stats=stats,
+                              vae_live_tiles=args.live_tiles, **sizes)  # fmt: skip
     sampling = SamplingConfig(num_inference_steps=args.steps, process_size=64, seed=0)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -152,7 +160,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--modes", nargs="+", default=["untiled", "tiled"],
-                    choices=["untiled", "tiled", "exact", "bounded", "sampled"])  # fmt: skip
+                    choices=["untiled", "tiled", "exact", "bounded", "spill", "recompute", "sampled"])  # fmt: skip
+    ap.add_argument("--live-tiles", type=int, default=1, help="bounded modes: tiles in memory at once")
+    ap.add_argument("--decoder-tile", type=int, default=64, help="bounded modes: decoder tile (latent px)")
+    ap.add_argument("--encoder-tile", type=int, default=512, help="bounded modes: encoder tile (px)")
     ap.add_argument("--stages", action="store_true", help="print the per-stage seconds / RSS of every run")
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -165,7 +176,9 @@ def main() -> None:
     for size in args.sizes:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--config", args.config, "--size", str(size), "--mode", mode,
-                   "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype]  # fmt: skip
+                   "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
+                   "--live-tiles", str(args.live_tiles), "--decoder-tile", str(args.decoder_tile),
+                   "--encoder-tile", str(args.encoder_tile)]  # fmt: skip
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                 res = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
