@@ -116,7 +116,9 @@ def single(args: argparse.Namespace) -> None:
     import torch
 
     from seesr.config import SamplingConfig, TilingConfig
+    from seesr.run.costs import current_rss_bytes
 
+    baseline = current_rss_bytes()  # what the memory plan calls the RSS before loading
     torch.manual_seed(0)
     pipe = build_pipeline(args.config, args.device, args.dtype)
     stages: dict = {"load": {"sec": 0.0, "rss_after_mb": _rss_mb(), "peak_so_far_mb": 0.0}}
@@ -136,6 +138,7 @@ def single(args: argparse.Namespace) -> None:
         tiling = TilingConfig(vae_mode="bounded" if bounded else "exact", vae_bounded_stats=stats,
                               vae_live_tiles=args.live_tiles, **sizes)  # fmt: skip
     sampling = SamplingConfig(num_inference_steps=args.steps, process_size=64, seed=0)
+    predicted = _predicted_mb(pipe, (args.size // 4, args.size // 4), sampling, tiling, args, baseline)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -149,7 +152,18 @@ def single(args: argparse.Namespace) -> None:
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     vae_sec = stages.get("vae_encode", {}).get("sec", 0.0) + stages.get("vae_decode", {}).get("sec", 0.0)
     print(json.dumps({"sec": sec, "mem_mb": mem, "out": list(result.image.shape[-2:]), "vae_sec": vae_sec,
-                      "tiled": result.settings["latent_tiled"], "stages": stages}))  # fmt: skip
+                      "tiled": result.settings["latent_tiled"], "stages": stages, "pred_mb": predicted}))  # fmt: skip
+
+
+def _predicted_mb(pipe, lr_wh, sampling, tiling, args, baseline: int) -> float:
+    """The memory plan's predicted peak (host on the CPU, device on CUDA) for this run, in MB."""
+    from seesr.run.footprint import footprint_of_pipeline
+    from seesr.run.plan import plan_image
+
+    plan = plan_image(lr_wh, sampling, tiling, footprint=footprint_of_pipeline(pipe),
+                      device_type=args.device.split(":")[0], dtype_bytes=2 if args.dtype != "fp32" else 4,
+                      budget=2**50, baseline=baseline, free_disk=2**50)  # fmt: skip
+    return (plan.host_bytes if args.device == "cpu" else plan.device_bytes) / 2**20
 
 
 def main() -> None:
@@ -188,17 +202,19 @@ def main() -> None:
             print(f"  {size}² {mode}: {res or 'failed/timeout'}", file=sys.stderr)
     first = args.modes[0]
     print(f"\nconfig={args.config} steps={args.steps} device={args.device} dtype={args.dtype} (LR = size/4)")
-    print(f"| output | mode | s/image | peak MB | VAE s | s vs {first} | MB vs {first} | VAE s vs {first} |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| output | mode | s/image | peak MB | planned MB | plan error | VAE s | s vs {first} | MB vs {first} "
+          f"| VAE s vs {first} |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base = {s: r for s, m, r in rows if m == first and r}
     for size, mode, res in rows:
         if res is None:
-            print(f"| {size}² | {mode} | — | — | — | | | |")
+            print(f"| {size}² | {mode} | — | — | — | — | — | | | |")
             continue
         b = base.get(size)
         ratios = [f"{res[k] / b[k]:.2f}" if b and b[k] else "—" for k in ("sec", "mem_mb", "vae_sec")]
-        print(f"| {size}² | {mode} | {res['sec']:.1f} | {res['mem_mb']:.0f} | {res['vae_sec']:.1f} | "
-              + " | ".join(ratios) + " |")  # fmt: skip
+        err = f"{100 * (res['pred_mb'] / res['mem_mb'] - 1):+.0f} %"
+        print(f"| {size}² | {mode} | {res['sec']:.1f} | {res['mem_mb']:.0f} | {res['pred_mb']:.0f} | {err} "
+              f"| {res['vae_sec']:.1f} | " + " | ".join(ratios) + " |")  # fmt: skip
     if args.stages:
         for size, mode, res in rows:
             if res is None:
