@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -191,6 +191,7 @@ def run_bounded(
     live_tiles: int,
     stats_method: str = "recompute",
     stats_out: list[GroupStats] | None = None,
+    finish: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Tiled forward in bounded memory: sampled statistics first, then one tile at a time into the output.
 
@@ -205,6 +206,7 @@ def run_bounded(
         stats_method: ``"recompute"`` (exact statistics, one tile alive, about L/2 extra passes) or
             ``"sampled"`` (statistics of at most ``live_tiles`` synchronised tiles, one extra partial pass).
         stats_out: if given, the statistics the output pass used are appended (for measurements).
+        finish: elementwise map of every finished crop before it is stored (see ``tiled_decode``).
 
     Returns:
         ``(B, C_out, *out_hw)`` in ``out_dtype``.
@@ -221,13 +223,13 @@ def run_bounded(
     for tile in tiles:
         with LIVE_TILES.tile():
             h = _run_one(ops, _crop(x, tile), stats)
+            piece = _valid_crop(h, tile, is_decoder=is_decoder, scale=scale)
+            piece = finish(piece) if finish is not None else piece
             if result is None:
-                shape = (x.shape[0], h.shape[1], *out_hw)
-                result = torch.empty(shape, dtype=out_dtype or h.dtype, device=x.device)
+                shape = (x.shape[0], piece.shape[1], *out_hw)
+                result = torch.empty(shape, dtype=out_dtype or piece.dtype, device=piece.device)
             ob = tile.output_box
-            result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = _valid_crop(
-                h, tile, is_decoder=is_decoder, scale=scale
-            )
+            result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = piece
             del h
     assert result is not None  # split_tiles returns at least one tile
     return result
