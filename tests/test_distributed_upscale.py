@@ -281,3 +281,31 @@ def test_split_tiles_is_refused_where_it_cannot_be_honoured(tmp_path: Path, caps
     with pytest.raises(ValueError, match="--split tiles cannot be --faithful"):
         wanted("tiles", two, faithful=True)
     assert wanted("tiles", two, faithful=False) and not wanted("images", two, faithful=True)
+
+
+def test_split_tiles_failures_stop_the_run_but_bad_inputs_are_skipped_together() -> None:
+    from seesr.cli.upscale_tiles import LockstepError, load_on_rank0, lockstep
+
+    def boom() -> None:
+        raise RuntimeError("CUDA error: out of memory")
+
+    says = lambda err: f"x.png: {err}"  # noqa: E731
+    expected = r"^x.png: CUDA error: out of memory \(rank 1\); --split tiles stops"
+    with pytest.raises(LockstepError, match=expected), lockstep(True, 1, says):
+        boom()
+    # the folder mode: the image alone fails
+    with pytest.raises(RuntimeError, match="out of memory"), lockstep(False, 1, says):
+        boom()
+
+    class OneRank:  # broadcast = identity; the error decided on "rank 0" reaches every rank the same way
+        is_main = True
+
+        def broadcast(self, value):
+            return value
+
+    def bad() -> None:
+        raise ValueError("not an image")
+
+    with pytest.raises(ValueError, match="^x.png: not an image$"):
+        load_on_rank0(OneRank(), bad, lambda err: f"x.png: {err}")
+    assert load_on_rank0(OneRank(), lambda: "img", str) == "img"
