@@ -3,9 +3,11 @@
 Every process runs at the same thread count (OMP_NUM_THREADS, 1 by default), so the N processes together do the
 same model work as the one process, plus one all-reduce per denoising step. The time compared is the pipeline's
 own "denoise" stage (from the sidecar's ``timings``: the ControlNet/UNet calls, the all-reduces and the scheduler
-steps; start-up, weights loading, DAPE and the VAE are not in it), with the whole command's wall time beside it.
-Runs alternate 1, N, 1, N ...; the table gives the median and best of each and the ratios N/1, and whether the
-two PNGs agree within 2 grey levels (the split sums the tiles in another order: float32 round-off).
+steps; start-up, weights loading, DAPE and the VAE are not in it; the ranks line up just before it, and that
+wait is shown apart), with the whole command's wall time beside it. Runs alternate 1, N, 1, N ...; the table gives
+the median and best of each with the ratios N/1, and the median of the ratios of neighbouring runs (less
+sensitive to a load that drifts on a shared machine), and how far the two PNGs differ (the split sums the tiles
+in another order: float32 round-off).
 Tiny official-format weights from ../shared/fixtures.
 
     python benchmarks/tile_parallel_upscale.py --size 96 --tile 32 --overlap 16 --steps 8 --repeat 3
@@ -28,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distributed_upscale import make_inputs, weights_flags  # noqa: E402
 
 
-def run_once(nproc: int, src: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, list[int]]:
-    """(denoise seconds, wall seconds, latent tiles per rank) of one command."""
+def run_once(
+    nproc: int, src: Path, out: Path, args: argparse.Namespace
+) -> tuple[float, float, float, list[int]]:
+    """(denoise seconds, line-up wait seconds, wall seconds, latent tiles per rank) of one command."""
     shutil.rmtree(out, ignore_errors=True)
     launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
     split = ["--split", "tiles"] if nproc > 1 else []
@@ -47,7 +51,8 @@ def run_once(nproc: int, src: Path, out: Path, args: argparse.Namespace) -> tupl
     side = json.loads(next(out.glob("*.json")).read_text())
     split = side["settings"].get("tile_split")
     per_rank = split["tiles_per_rank"] if split else [math.prod(side["plan"]["latent_tiles"])]
-    return float(side["timings"]["denoise"]), wall, per_rank
+    timings = side["timings"]
+    return float(timings["denoise"]), float(timings.get("split_wait", 0.0)), wall, per_rank
 
 
 def main() -> None:
@@ -70,32 +75,38 @@ def main() -> None:
         make_inputs(src, 1, args.size)
         denoise: dict[int, list[float]] = {1: [], args.nproc: []}
         walls: dict[int, list[float]] = {1: [], args.nproc: []}
+        waits: dict[int, list[float]] = {1: [], args.nproc: []}
         tiles: dict[int, list[int]] = {}
         for _ in range(args.repeat):
             for n in denoise:
-                d, w, tiles[n] = run_once(n, src, Path(tmp) / f"out{n}", args)
+                d, wait, w, tiles[n] = run_once(n, src, Path(tmp) / f"out{n}", args)
                 denoise[n].append(d)
+                waits[n].append(wait)
                 walls[n].append(w)
         a, b = (np.asarray(Image.open(Path(tmp) / f"out{n}" / "img000.png")).astype(int) for n in denoise)
         diff = np.abs(a - b)
     med = {n: sorted(t)[(len(t) - 1) // 2] for n, t in denoise.items()}
     best = {n: min(t) for n, t in denoise.items()}
     wall = {n: sorted(t)[(len(t) - 1) // 2] for n, t in walls.items()}
+    wait = {n: sorted(t)[(len(t) - 1) // 2] for n, t in waits.items()}
+    pairs = sorted(b / a for a, b in zip(denoise[1], denoise[args.nproc]))
     side = args.size * 4
     print(
         f"1 image {args.size}x{args.size} -> {side}x{side}, latent tile {args.tile} overlap {args.overlap}, "
         f"--steps {args.steps}, OMP_NUM_THREADS={args.threads} per process, {args.repeat} runs each"
     )
     print(
-        "| processes | tiles per rank | denoise, median | ratio | denoise, best | ratio | all runs (s) | wall, median |"
+        "| processes | tiles per rank | denoise, median | ratio | denoise, best | ratio | all runs (s) "
+        "| line-up wait, median | wall, median |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in denoise:
         runs = ", ".join(f"{x:.2f}" for x in denoise[n])
         print(
             f"| {n} | {tiles[n]} | {med[n]:.2f} s | {med[n] / med[1]:.2f}x | {best[n]:.2f} s "
-            f"| {best[n] / best[1]:.2f}x | {runs} | {wall[n]:.1f} s |"
+            f"| {best[n] / best[1]:.2f}x | {runs} | {wait[n]:.2f} s | {wall[n]:.1f} s |"
         )
+    print(f"median of the {len(pairs)} neighbouring-run ratios N/1: {pairs[(len(pairs) - 1) // 2]:.2f}x")
     print(f"PNG difference: max {diff.max()} grey levels, {100 * (diff > 0).mean():.3f} % of values differ")
 
 

@@ -412,6 +412,9 @@ class SeeSRPipeline(DiffusionPipeline):
             self.unet, self.controlnet, lr_up, prompt_embeds, soft, sampling, tiling_cfg, (h, w), split=split
         )
         total = len(timesteps)
+        if split is not None:
+            with clock.stage("split_wait"):
+                split.line_up(device)
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
             with clock.stage("denoise"):
                 eps = self._predict_noise(latents, t, denoiser, scheduler, trace, i)

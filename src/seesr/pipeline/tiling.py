@@ -301,6 +301,11 @@ class TileSplit:
         lo, hi = share_bounds(len(boxes), self.reducer.rank, self.reducer.world_size)
         return boxes[lo:hi]
 
+    def line_up(self, device: torch.device | str | None = None) -> None:
+        """Wait until every process is here (a one-float all-reduce on ``device``), so that the denoising stage's
+        clock does not charge one rank's wait for a slower rank's earlier stages."""
+        self.reducer.all_reduce_sum(torch.zeros(1, device=device))
+
     def reduce(self, acc: Tensor, wsum: Tensor, boxes: list[TileBox], mine: list[TileBox]) -> None:
         """Sum ``acc`` and ``wsum`` (in place) over the processes; ``mine`` are the boxes this rank ran."""
         ran = torch.zeros(len(boxes), dtype=acc.dtype, device=acc.device)
