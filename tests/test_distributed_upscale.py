@@ -208,3 +208,104 @@ def test_rerun_after_a_killed_rank_finishes_only_the_missing_images(
     assert f"{8 - len(done)} written, {len(done)} skipped (exist), 0 failed" in rerun.stdout, rerun.stdout
     assert sorted(p.name for p in out.glob("*.png")) == [f"im{i}.png" for i in range(8)]
     assert {n: (out / n).stat().st_mtime_ns for n in done} == done  # finished images were not redone
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --split tiles: one image, its latent tiles shared by the ranks (issue 15 item 2)
+
+TILES_4 = (
+    "--steps",
+    "2",
+    "--latent-tile-size",
+    "16",
+    "--latent-tile-overlap",
+    "4",
+)  # 56 px -> latent 28: 2x2
+
+
+def test_split_tiles_one_image_matches_one_process(fixtures_dir: Path, tmp_path: Path) -> None:
+    """Tolerance: the ranks' weighted sums are added in another order than one process adds the tiles (float32
+    round-off, ~1e-7 relative); the 8-bit chain (rounded pipeline output, truncated colour fix, uint8 bicubic)
+    can turn that into a step of a grey level or two at a few pixels. Measured: max 2 levels at 3 of 150 528
+    values. The float result is compared at 1e-4 in tests/test_tile_split.py (threads for ranks)."""
+    src = _inputs(tmp_path / "in", [(56, 56)])
+    one = subprocess.run(
+        _upscale_cmd(fixtures_dir, src, tmp_path / "one", 0, *TILES_4),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        _upscale_cmd(fixtures_dir, src, tmp_path / "two", 2, *TILES_4, "--split", "tiles"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (
+        two.stdout.count("seesr upscale: 1 written, 0 skipped (exist), 0 failed; every image's tiles split")
+        == 1
+    )
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "im0.json",
+        "im0.png",
+    ]  # rank 0 alone wrote
+
+    a = np.asarray(Image.open(tmp_path / "one" / "im0.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "two" / "im0.png")).astype(int)
+    diff = np.abs(a - b)
+    assert a.shape == b.shape == (224, 224, 3)
+    assert diff.max() <= 2 and (diff > 0).mean() <= 1e-3, (diff.max(), (diff > 0).mean())
+
+    s2, s1 = _sidecar(tmp_path / "two" / "im0.json"), _sidecar(tmp_path / "one" / "im0.json")
+    assert s2.pop("world") == {"rank": 0, "world_size": 2, "split": "tiles"}
+    # what the ranks reported through the all-reduce, which also checked that every tile ran exactly once
+    assert s2["settings"].pop("tile_split") == {"world_size": 2, "tiles_per_rank": [2, 2]}
+    assert s1["planned_tiling"]["latent_tiles"] == [2, 2]
+    assert s2 == s1
+
+
+def test_split_tiles_is_refused_where_it_cannot_be_honoured(tmp_path: Path, capsys) -> None:
+    from seesr.cli import main
+    from seesr.cli.upscale_tiles import wanted
+
+    rc = main(["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--split", "tiles"])
+    err = capsys.readouterr().err
+    assert (
+        rc == 1 and "--split tiles shares each image's tiles among processes: launch it with torchrun" in err
+    )
+    assert len(err.strip().splitlines()) == 1, err
+    two = World(Placement(0, 2, 0, 2), "cpu")
+    with pytest.raises(ValueError, match="--split tiles cannot be --faithful"):
+        wanted("tiles", two, faithful=True)
+    assert wanted("tiles", two, faithful=False) and not wanted("images", two, faithful=True)
+
+
+def test_split_tiles_failures_stop_the_run_but_bad_inputs_are_skipped_together() -> None:
+    from seesr.cli.upscale_tiles import LockstepError, load_on_rank0, lockstep
+
+    def boom() -> None:
+        raise RuntimeError("CUDA error: out of memory")
+
+    says = lambda err: f"x.png: {err}"  # noqa: E731
+    expected = r"^x.png: CUDA error: out of memory \(rank 1\); --split tiles stops"
+    with pytest.raises(LockstepError, match=expected), lockstep(True, 1, says):
+        boom()
+    # the folder mode: the image alone fails
+    with pytest.raises(RuntimeError, match="out of memory"), lockstep(False, 1, says):
+        boom()
+
+    class OneRank:  # broadcast = identity; the error decided on "rank 0" reaches every rank the same way
+        is_main = True
+
+        def broadcast(self, value):
+            return value
+
+    def bad() -> None:
+        raise ValueError("not an image")
+
+    with pytest.raises(ValueError, match="^x.png: not an image$"):
+        load_on_rank0(OneRank(), bad, lambda err: f"x.png: {err}")
+    assert load_on_rank0(OneRank(), lambda: "img", str) == "img"

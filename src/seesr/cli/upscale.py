@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seesr.cli import upscale_tiles
 from seesr.cli.upscale_flags import SAMPLING_FLAGS, TILING_FLAGS, add_arguments
 from seesr.run.sources import NO_WEIGHTS, OFFICIAL_PARTS  # noqa: F401 - NO_WEIGHTS re-exported for tests
 
@@ -248,10 +249,14 @@ def _run(args: argparse.Namespace) -> int:
     if not args.output:
         raise ValueError("pass the output folder with -o OUTDIR")
     settings = _resolve(args)
+    tiles = upscale_tiles.wanted(getattr(args, "split", "images"), world, faithful=settings.sampling.faithful)
     out_dir = Path(args.output)
     inputs = io.list_inputs(settings.inputs, exclude=[out_dir]) if world.is_main else []  # rank 0 plans
-    _prepare_out_dir(out_dir)
-    world.check_shared_folder(out_dir)
+    if not tiles:
+        _prepare_out_dir(out_dir)
+        world.check_shared_folder(out_dir)
+    elif world.is_main:  # --split tiles: rank 0 alone reads the inputs and writes, so nothing need be shared
+        _prepare_out_dir(out_dir)
     suffixes = [""] if settings.sample_times == 1 else [f"_s{k:02d}" for k in range(settings.sample_times)]
     plans = [
         plan_outputs(inputs, out_dir, fmt=settings.fmt, overwrite=args.overwrite, suffix=s) for s in suffixes
@@ -306,7 +311,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"seesr upscale --plan: {len(jobs)} to run, {skipped} skipped (exist), {len(failures)} refused")
         return 1 if failures else 0
     any_jobs = world.broadcast(bool(jobs))  # rank 0 holds the whole list; every rank loads when any works
-    jobs = world.share_jobs(jobs, costs)  # every rank: its share of rank 0's plan
+    # every rank: its share of rank 0's plan, or with --split tiles all of it (the ranks share each image)
+    jobs = world.broadcast(jobs) if tiles else world.share_jobs(jobs, costs)
 
     written = 0
     if any_jobs:
@@ -326,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(item.path.name, refresh=False)
                 try:
                     written += _process(pipe, item, todo, settings, args, max_pixels, plan, planner)
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, upscale_tiles.LockstepError):
                     raise
                 except Exception as err:  # one bad image must not end the batch
                     logger.debug("failure on %s", item.path, exc_info=True)
@@ -342,8 +348,12 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
     per_rank = world.gather_at_end((written, len(failures)))  # one collective, after the loop
     written, n_failed = sum(w for w, _ in per_rank), sum(f for _, f in per_rank)
+    if tiles:  # rank 0 wrote everything; a refused input was refused on every rank
+        written, n_failed = per_rank[0]
     summary = f"seesr upscale: {written} written, {skipped} skipped (exist), {n_failed} failed"
-    if world.is_distributed:
+    if tiles:
+        summary += f"; every image's tiles split over {world.world_size} ranks"
+    elif world.is_distributed:
         summary += "; per rank: " + ", ".join(
             f"{r}: {w} written, {f} failed" for r, (w, f) in enumerate(per_rank)
         )
@@ -389,7 +399,16 @@ def _process(
     from seesr.run.distributed import current
     from seesr.run.job import OutputTarget, upscale_image
 
-    img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
+    world = current()
+    reducer = world.tile_reducer() if getattr(args, "split", "images") == "tiles" else None
+    if reducer is not None:
+        img = upscale_tiles.load_on_rank0(
+            world,
+            lambda: io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated),
+            lambda err: _reason(err, item.path),
+        )
+    else:
+        img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
     for note in img.warnings:
         _emit(f"{item.path}: warning: {note}")
     if img.bit_depth > settings.bit_depth:
@@ -423,28 +442,43 @@ def _process(
             bar.refresh()
 
         try:
-            job = upscale_image(
-                pipe,
-                img,
-                target,
-                sampling=sampling,
-                tiling=plan.tiling,
-                tags=settings.tags,
-                preset=settings.preset or "default",
-                input_name=str(item.path),
-                callback=callback,
-                extra={
-                    "sample_index": k,
-                    "dtype_requested": settings.dtype or "auto",
-                    "plan": plan.as_record(),
-                    **current().sidecar_fields(),
-                },
-            )
+            describe = lambda err: f"{item.path}: {_reason(err, item.path)}"  # noqa: E731
+            with upscale_tiles.lockstep(reducer is not None, world.rank, describe):
+                if reducer is not None and not world.is_main:  # --split tiles: the same call, rank 0 writes
+                    upscale_tiles.follow(
+                        pipe,
+                        img.rgb,
+                        sampling=sampling,
+                        tiling=plan.tiling,
+                        tags=settings.tags,
+                        reducer=reducer,
+                    )
+                    continue
+                job = upscale_image(
+                    pipe,
+                    img,
+                    target,
+                    sampling=sampling,
+                    tiling=plan.tiling,
+                    tags=settings.tags,
+                    preset=settings.preset or "default",
+                    input_name=str(item.path),
+                    callback=callback,
+                    extra={
+                        "sample_index": k,
+                        "dtype_requested": settings.dtype or "auto",
+                        "plan": plan.as_record(),
+                        **world.sidecar_fields("tiles" if reducer is not None else "images"),
+                    },
+                    tile_reducer=reducer,
+                )
         finally:
             steps.close()
         if getattr(args, "verbose", False):  # `seesr -v upscale`: where the time and memory went
             _emit(f"{target.image}: {format_costs(job.record)}")
-        if "denoise" in job.record["timings"]:
+        if reducer is not None:
+            logger.info("%s: latent tiles per rank %s", item.path, job.record["settings"].get("tile_split"))
+        elif "denoise" in job.record["timings"]:  # (a split run's denoise time is not one process's)
             batch = 2 if sampling.guidance_scale > 1.0 else 1
             throughput.record_run(
                 planner.throughput_file,

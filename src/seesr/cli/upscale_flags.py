@@ -176,6 +176,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     r = p.add_argument_group("runtime and files")
     r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    r.add_argument(
+        "--split",
+        choices=["images", "tiles"],
+        default="images",
+        help="under torchrun/accelerate: share out the images (default) or every image's latent tiles "
+        "(one all-reduce per denoising step; rank 0 writes)",
+    )
     r.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="auto: fp16 on CUDA, else fp32")
     r.add_argument("--format", help="output format: png (default), jpg, webp (lossless), tif")
     r.add_argument("--bit-depth", dest="bit_depth", type=int, choices=[8, 16], help="output bits (8)")

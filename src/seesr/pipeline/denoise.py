@@ -22,7 +22,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from seesr.config import SamplingConfig, TilingConfig
 from seesr.pipeline import tiling as latent_tiling
-from seesr.pipeline.tiling import TileBox
+from seesr.pipeline.tiling import TileBox, TileSplit
 
 
 def cond_cache_bytes(
@@ -57,6 +57,7 @@ class GuidedDenoiser:
         sampling: sampling settings (guidance, conditioning scale, faithful).
         tiling_cfg: tiling settings (tile size, overlap, ``tile_batch``).
         latent_hw: latent ``(h, w)``.
+        split: share the tiles with other processes (one all-reduce per step); None runs them all here.
     """
 
     def __init__(
@@ -69,6 +70,8 @@ class GuidedDenoiser:
         sampling: SamplingConfig,
         tiling_cfg: TilingConfig,
         latent_hw: tuple[int, int],
+        *,
+        split: TileSplit | None = None,
     ) -> None:
         self.unet, self.controlnet, self.sampling = unet, controlnet, sampling
         self.do_cfg = sampling.guidance_scale > 1.0
@@ -87,6 +90,7 @@ class GuidedDenoiser:
         if latent_tiling.needs_tiling(h, w, tile, faithful=sampling.faithful):
             self.boxes = latent_tiling.tile_boxes(h, w, tile, overlap, faithful=sampling.faithful)
         self._cond_cache: dict[TileBox | None, torch.Tensor] = {}
+        self.split = split
 
     def cache_bytes(self) -> int:
         """Bytes held by the per-tile condition-embedding cache now."""
@@ -175,7 +179,12 @@ class GuidedDenoiser:
                 tile_batch=self.tile_batch,
                 out_dtype=torch.float32 if faithful else unet_dtype,
                 device=latents.device,
+                split=self.split,
             )
+        elif self.split is not None:  # one tile: rank 0 runs it, the others add zeros (exact)
+            ran = self.split.rank == 0
+            out = self._run(model_in, t, [None]) if ran else torch.zeros_like(model_in)
+            out = self.split.reduce_whole(out, ran)
         else:
             out = self._run(model_in, t, [None])
             record([out], [None])

@@ -285,6 +285,7 @@ class SeeSRPipeline(DiffusionPipeline):
         noise: NoiseSource | Sequence[NoiseSource] | None = None,
         return_trace: bool = False,
         show_progress: bool = True,
+        tile_reducer: latent_tiling.TileReducer | None = None,
     ) -> Any:
         """Super-resolve one LR image, or a batch of LR images of one size in one denoising loop.
 
@@ -301,6 +302,10 @@ class SeeSRPipeline(DiffusionPipeline):
                 must have a ``.generator`` (``torch.Generator``) when the scheduler draws step noise.
             return_trace: keep named intermediate tensors in ``result.trace`` (for tests and debugging).
             show_progress: show a tqdm bar over the denoising steps.
+            tile_reducer: the processes sharing this call's latent tiles (every one of them makes the same
+                call): each runs its share of the tiles and one all-reduce per step sums the weighted outputs;
+                the result equals the unsplit one up to float32 summation round-off (so not with
+                ``faithful``). Everything else (DAPE, text, VAE encode and decode) runs on every process.
 
         Returns:
             For one image an :class:`UpscaleResult` with the (1, 3, H, W) image in [0, 1] at
@@ -318,6 +323,14 @@ class SeeSRPipeline(DiffusionPipeline):
         trace: dict[str, torch.Tensor] | None = {} if return_trace else None
         device = self.unet.device
         noises = _noise_sources(noise, count, sampling)
+        split = None
+        if tile_reducer is not None:
+            if sampling.faithful:
+                raise ValueError(
+                    "tile_reducer cannot be combined with faithful=True: split tiles are summed in another order, "
+                    "so the result is not bit-identical to the official code"
+                )
+            split = latent_tiling.TileSplit(tile_reducer)
         if image_embeds is not None and image_embeds.shape[0] != count:
             raise ValueError(
                 f"image_embeds must have one row per image ({count}), got {tuple(image_embeds.shape)}"
@@ -403,9 +416,12 @@ class SeeSRPipeline(DiffusionPipeline):
             gens = [_step_generator(n) for n in noises]
             step_kwargs["generator"] = gens[0] if single else gens
         denoiser = GuidedDenoiser(
-            self.unet, self.controlnet, lr_up, prompt_embeds, soft, sampling, tiling_cfg, (h, w)
+            self.unet, self.controlnet, lr_up, prompt_embeds, soft, sampling, tiling_cfg, (h, w), split=split
         )
         total = len(timesteps)
+        if split is not None:
+            with clock.stage("split_wait"):
+                split.line_up(device)
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
             with clock.stage("denoise"):
                 eps = self._predict_noise(latents, t, denoiser, scheduler, trace, i)
@@ -435,6 +451,11 @@ class SeeSRPipeline(DiffusionPipeline):
             "dtype": str(self.unet.dtype).removeprefix("torch."),
             "device": str(device),
         }
+        if split is not None:
+            settings["tile_split"] = {
+                "world_size": split.reducer.world_size,
+                "tiles_per_rank": split.tiles_per_rank,
+            }
         results = []
         for k in range(count):
             with clock.stage("vae_decode"):

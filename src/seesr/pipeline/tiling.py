@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -212,11 +212,14 @@ def tiled_apply_batched(
     tile_batch: int,
     out_dtype: torch.dtype,
     device: torch.device | str | None,
+    split: TileSplit | None = None,
 ) -> Tensor:
     """:func:`tiled_apply` with ``fn`` called on groups of up to ``tile_batch`` equal-size boxes.
 
     ``fn(group)`` returns one output per box of the group, in order. Contributions are accumulated in the order
     of ``boxes`` whatever the grouping, so only the model's own batch round-off differs from ``tile_batch=1``.
+    With ``split``, this process runs only its share of ``boxes`` and the weighted sums of all processes are
+    added up by one collective before the division (equal to the unsplit result up to summation round-off).
     """
     if not boxes:
         raise ValueError("tiled_apply needs at least one tile box, got none")
@@ -227,7 +230,8 @@ def tiled_apply_batched(
     wsum = torch.zeros(out_shape[-2:], dtype=acc_dtype, device=device)
     cache: dict[tuple[int, int], Tensor] = {}
     expected_lead = tuple(out_shape[:-2])
-    for group in group_boxes(boxes, tile_batch):
+    mine = boxes if split is None else split.mine(boxes)
+    for group in group_boxes(mine, tile_batch):
         outs = fn(group)
         if len(outs) != len(group):
             raise ValueError(f"tile function returned {len(outs)} outputs for {len(group)} boxes")
@@ -247,7 +251,93 @@ def tiled_apply_batched(
             # ``noise_pred[...] += tile_out * tile_weights``.
             acc[..., box.y0 : box.y1, box.x0 : box.x1] += out * weight
             wsum[box.y0 : box.y1, box.x0 : box.x1] += weight
+    if split is not None:
+        split.reduce(acc, wsum, boxes, mine)
     if not bool((wsum > 0).all()):
         raise ValueError(f"tile boxes {boxes} do not cover the whole {out_shape[-2]}x{out_shape[-1]} latent")
     # The official code divides by a full-shape contributors tensor; broadcasting the 2-D sum is the same value.
     return (acc / wsum).to(out_dtype)
+
+
+class TileReducer(Protocol):
+    """The processes that share one image's tiles (e.g. a torch.distributed group); see :class:`TileSplit`."""
+
+    @property
+    def rank(self) -> int:
+        """This process's index in ``[0, world_size)``."""
+        ...
+
+    @property
+    def world_size(self) -> int:
+        """Processes sharing the tiles."""
+        ...
+
+    def all_reduce_sum(self, tensor: Tensor) -> None:
+        """Replace ``tensor`` in place by its element-wise sum over all processes (a collective: all call it)."""
+        ...
+
+
+class TileSplit:
+    """Each process of ``reducer`` denoises a contiguous share of the tiles; one all-reduce per step adds up.
+
+    The packed tensor of one step is ``[Σ out·W (this rank), Σ W (this rank), runs per tile, tiles per rank]``
+    in the accumulation dtype (float32), so values, weights and the bookkeeping travel in one collective. After
+    it every process holds the same sums, hence the same noise prediction and the same scheduler step.
+    ``tiles_per_rank`` is what the processes actually ran in the last step (checked: every tile exactly once).
+    """
+
+    def __init__(self, reducer: TileReducer) -> None:
+        if not 0 <= reducer.rank < reducer.world_size:
+            raise ValueError(f"tile split: rank {reducer.rank} is not in [0, {reducer.world_size})")
+        self.reducer = reducer
+        self.tiles_per_rank: list[int] = []
+
+    @property
+    def rank(self) -> int:
+        return self.reducer.rank
+
+    def mine(self, boxes: list[TileBox]) -> list[TileBox]:
+        """This rank's contiguous share of ``boxes`` (sizes differ by at most one tile; order kept)."""
+        lo, hi = share_bounds(len(boxes), self.reducer.rank, self.reducer.world_size)
+        return boxes[lo:hi]
+
+    def line_up(self, device: torch.device | str | None = None) -> None:
+        """Wait until every process is here (a one-float all-reduce on ``device``), so that the denoising stage's
+        clock does not charge one rank's wait for a slower rank's earlier stages."""
+        self.reducer.all_reduce_sum(torch.zeros(1, device=device))
+
+    def reduce(self, acc: Tensor, wsum: Tensor, boxes: list[TileBox], mine: list[TileBox]) -> None:
+        """Sum ``acc`` and ``wsum`` (in place) over the processes; ``mine`` are the boxes this rank ran."""
+        ran = torch.zeros(len(boxes), dtype=acc.dtype, device=acc.device)
+        lo, _ = share_bounds(len(boxes), self.reducer.rank, self.reducer.world_size)
+        ran[lo : lo + len(mine)] = 1
+        self._all_reduce([acc, wsum], ran, len(mine))
+
+    def reduce_whole(self, out: Tensor, ran: bool) -> Tensor:
+        """An untiled output computed by one rank only (zeros elsewhere), summed: exact, as ``x + 0 == x``."""
+        buf = out.to(torch.float64 if out.dtype == torch.float64 else torch.float32)
+        flag = torch.tensor([1.0 if ran else 0.0], dtype=buf.dtype, device=buf.device)
+        self._all_reduce([buf], flag, int(ran))
+        return buf.to(out.dtype)
+
+    def _all_reduce(self, parts: list[Tensor], ran: Tensor, count: int) -> None:
+        world = self.reducer.world_size
+        counts = torch.zeros(world, dtype=ran.dtype, device=ran.device)
+        counts[self.reducer.rank] = count
+        packed = torch.cat([p.reshape(-1).to(ran.dtype) for p in parts] + [ran, counts])
+        self.reducer.all_reduce_sum(packed)
+        offset = 0
+        for p in parts:
+            p.copy_(packed[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        runs = packed[offset : offset + ran.numel()]
+        if not bool((runs == 1).all()):
+            raise ValueError(
+                f"tile split: each tile must run on exactly one rank, got run counts {runs.tolist()}"
+            )
+        self.tiles_per_rank = [int(c) for c in packed[offset + ran.numel() :].tolist()]
+
+
+def share_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[lo, hi)`` of rank ``rank``'s contiguous share of ``count`` items (shares differ by at most one)."""
+    return rank * count // world_size, (rank + 1) * count // world_size

@@ -10,6 +10,10 @@ broadcasts it once and every rank keeps its own balanced share (:func:`balanced_
 seed it has in a single process. The only other collectives are the shared-folder check before the work and
 one gather of the per-rank counts after it, never inside the per-image loop.
 
+``seesr upscale --split tiles`` is the other mode: every rank takes every image and the ranks share each image's
+latent tiles (:meth:`World.tile_reducer`, one all-reduce per denoising step, see
+:class:`seesr.pipeline.tiling.TileSplit`); rank 0 alone writes.
+
 Without a launcher (``WORLD_SIZE`` unset or 1) every function here is a no-op and nothing imports
 torch.distributed.
 """
@@ -254,11 +258,32 @@ class World:
             sharing = -(-self.place.local_world_size // count)
         return max(1, int(total) // max(sharing, 1))
 
-    def sidecar_fields(self) -> dict[str, Any]:
-        """``{"world": {"rank", "world_size"}}`` for the sidecar of a distributed run, else nothing."""
+    def tile_reducer(self) -> GroupReducer | None:
+        """The group summing the tile outputs of ``--split tiles`` (None in a single process)."""
+        return GroupReducer(self.rank, self.world_size) if self.is_distributed else None
+
+    def sidecar_fields(self, split: str = "images") -> dict[str, Any]:
+        """``{"world": {"rank", "world_size", "split"}}`` for the sidecar of a distributed run, else nothing."""
         if not self.is_distributed:
             return {}
-        return {"world": {"rank": self.rank, "world_size": self.world_size}}
+        return {"world": {"rank": self.rank, "world_size": self.world_size, "split": split}}
+
+
+class GroupReducer:
+    """:class:`seesr.pipeline.tiling.TileReducer` over the default process group (NCCL on CUDA, else gloo)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def all_reduce_sum(self, tensor: Any) -> None:
+        import torch.distributed as dist
+
+        if tensor.device.type in ("cpu", "cuda"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            return
+        host = tensor.cpu()  # gloo has no MPS tensors: sum on the host
+        dist.all_reduce(host, op=dist.ReduceOp.SUM)
+        tensor.copy_(host)
 
 
 _current = World()

@@ -74,6 +74,7 @@ def upscale_image(
     input_name: str | None = None,
     callback: Callable[[int, int], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    tile_reducer: Any = None,
 ) -> JobResult:
     """Super-resolve one decoded image and write it with its sidecar.
 
@@ -87,6 +88,8 @@ def upscale_image(
         callback: ``callback(step, total)`` after each denoising step; raise to cancel.
         extra: fields of the sidecar that only the caller knows (e.g. ``sample_index``, ``dtype_requested``,
             ``plan``); they must not replace the fields written here.
+        tile_reducer: passed on to the pipeline when given (its latent tiles shared with other processes, which
+            make the same call without writing; see ``SeeSRPipeline.__call__``).
 
     Raises:
         ValueError: non-finite output; whatever the pipeline or the writer raises.
@@ -96,6 +99,7 @@ def upscale_image(
 
     with measure_peaks(getattr(pipe, "device", None)) as peaks:
         start = time.perf_counter()
+        more = {} if tile_reducer is None else {"tile_reducer": tile_reducer}
         result = pipe(
             image_tensor(image.rgb),
             sampling=sampling,
@@ -103,6 +107,7 @@ def upscale_image(
             tags=list(tags) if tags is not None else None,
             callback=callback,
             show_progress=False,
+            **more,
         )
         seconds = time.perf_counter() - start
         written_at = time.perf_counter()
