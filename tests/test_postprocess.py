@@ -181,3 +181,54 @@ def test_banded_path_holds_one_uint8_image_beyond_its_inputs(method):
     banded_extra, whole_extra = extra("banded"), extra("whole")
     # measured: banded 0.6 (adain) / 1.5 (wavelet: im2col of its dilated convolutions); whole 5.9 / 16.4
     assert banded_extra < 2.0 and whole_extra > 4.0, (banded_extra, whole_extra)
+
+
+def test_job_writes_the_same_pixels_from_codes_as_from_floats(tmp_path, fixtures_dir):
+    """upscale_image asks the pipeline for the written codes (no full-size float copy); the files hold the same
+    pixels as when the pipeline returns floats (a wrapper without ``output_dtype``), 8/16-bit, grey, alpha."""
+    from seesr.config import SamplingConfig, TilingConfig
+    from seesr.io import load_image, save_image
+    from seesr.run.job import OutputTarget, upscale_image
+    from tests.tiny_pipeline import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(fixtures_dir)
+
+    class FloatOnly:  # the call contract of a pipeline that predates output_dtype
+        def __call__(self, image, *, sampling, tiling, tags=None, callback=None, show_progress=True):
+            return pipe(image, sampling=sampling, tiling=tiling, tags=tags, show_progress=show_progress)
+
+    rng = np.random.default_rng(6)
+    rgb = rng.random((20, 28, 3), dtype=np.float32)
+    grey = np.repeat(rgb[..., :1], 3, axis=2)
+    alpha = rng.random((20, 28), dtype=np.float32)
+    sources = {
+        "rgb8.png": (rgb, None, 8),
+        "grey8.png": (grey, None, 8),
+        "rgba8.png": (rgb, alpha, 8),
+        "rgb16.png": (rgb, None, 16),
+        "grey16.png": (grey, None, 16),
+    }
+    sampling = SamplingConfig(num_inference_steps=1, process_size=64, color_fix="wavelet")
+    for name, (pixels, a, bits) in sources.items():
+        save_image(tmp_path / name, pixels, alpha=a, bit_depth=bits)
+        image = load_image(tmp_path / name)
+        for out_bits in (8, 16):
+            written = []
+            for which, runner in (("codes", pipe), ("floats", FloatOnly())):
+                target = OutputTarget(
+                    image=tmp_path / which / f"{out_bits}_{name}",
+                    sidecar=tmp_path / which / f"{out_bits}_{name}.json",
+                    bit_depth=out_bits,
+                )
+                job = upscale_image(
+                    runner, image, target, sampling=sampling, tiling=TilingConfig(), tags=["x"]
+                )
+                written.append((load_image(target.image), job.sr.dtype))
+            (codes, codes_dtype), (floats, floats_dtype) = written
+            assert floats_dtype == np.float32
+            if not (name.startswith("grey") and bits == 16):
+                assert codes_dtype == (np.uint8 if out_bits == 8 else np.uint16), (name, out_bits)
+            assert np.array_equal(codes.rgb, floats.rgb), (name, out_bits)
+            assert (codes.alpha is None) == (a is None)
+            if a is not None:
+                assert np.array_equal(codes.alpha, floats.alpha)
