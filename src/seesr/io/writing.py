@@ -111,9 +111,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def _as_hwc(x: Any, name: str) -> np.ndarray:
+    """(H,W,C) view of ``x``: uint8 / uint16 arrays keep their dtype (codes), anything else becomes float32."""
     if hasattr(x, "detach"):  # torch.Tensor without importing torch
-        x = x.detach().to("cpu").float().numpy()
-    a = np.asarray(x, dtype=np.float32)
+        x = x.detach().to("cpu")
+        x = (
+            x.numpy()
+            if str(x.dtype) in ("torch.uint8", "torch.uint16", "torch.float32")
+            else x.float().numpy()
+        )
+    a = np.asarray(x)
+    if a.dtype not in (np.uint8, np.uint16):
+        a = a.astype(np.float32, copy=False)
     if a.ndim == 4 and a.shape[0] == 1:
         a = a[0]
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
@@ -122,14 +130,53 @@ def _as_hwc(x: Any, name: str) -> np.ndarray:
         a = a[..., None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"{name} must be (H,W,3), (3,H,W), (1,3,H,W) or (H,W); got shape {tuple(a.shape)}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinity")
+    return a
+
+
+#: rows converted at a time when the written array differs from the given one (grey, alpha, dtype)
+_BAND_PIXELS = 1 << 20
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    """float32 values in [0, 1] of a band: codes / 255 or / 65535 (exactly the float32 ``k / 255`` of the 8-bit
+    chain for both), float bands unchanged."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535
     return a
 
 
 def _quantise(a: np.ndarray, bit_depth: int) -> np.ndarray:
     top = 255 if bit_depth == 8 else 65535
     return np.round(np.clip(a, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def _encode(a: np.ndarray, alpha: np.ndarray | None, bit_depth: int, grey: bool) -> np.ndarray:
+    """The (H,W,C) array to write: grey and/or alpha channels, quantised to ``bit_depth``, band by band.
+
+    An RGB array already in the written dtype is returned as is (no copy); otherwise one array of the written
+    dtype is filled, so that no full-size float copy exists beside ``a``.
+    """
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    if a.dtype == dtype and not grey and alpha is None and a.shape[-1] == 3:
+        return a
+    h, w = a.shape[:2]
+    out = np.empty((h, w, (1 if grey else 3) + (alpha is not None)), dtype=dtype)
+    step = max(1, _BAND_PIXELS // max(1, w))
+    for y0 in range(0, h, step):
+        band = _unit(a[y0 : y0 + step])
+        if not np.isfinite(band).all():
+            raise ValueError("rgb contains NaN or infinity")
+        if band.shape[-1] == 1:
+            band = np.repeat(band, 3, axis=2)
+        chans = [to_grey(band)[..., None]] if grey else [band]
+        if alpha is not None:
+            chans.append(alpha[y0 : y0 + step])
+        out[y0 : y0 + step] = _quantise(
+            np.concatenate(chans, axis=2) if len(chans) > 1 else chans[0], bit_depth
+        )
+    return out
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -152,7 +199,9 @@ def save_image(
 
     Args:
         path: destination; its folder must exist.
-        rgb: (H,W,3) / (3,H,W) / (1,3,H,W) float in [0,1] (numpy or torch), sRGB; values are clipped.
+        rgb: (H,W,3) / (3,H,W) / (1,3,H,W) float in [0,1] (numpy or torch), sRGB; values are clipped. Or uint8 /
+            uint16 codes (``k / 255`` / ``k / 65535``): written as they are when they match ``bit_depth`` and
+            neither grey nor alpha is asked for (no copy), else converted band by band.
         alpha: optional (H,W) float in [0,1], same H,W.
         bit_depth: 8 or 16 (16 only for PNG/TIFF).
         grey: write one luma channel (grey in -> grey out).
@@ -167,15 +216,14 @@ def save_image(
     fmt = resolve_format(path, format)
     check_output_options(fmt, has_alpha=alpha is not None, bit_depth=bit_depth)
     a = _as_hwc(rgb, "rgb")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=2)
-    chans = [to_grey(a)[..., None]] if grey else [a]
+    al = None
     if alpha is not None:
-        al = _as_hwc(alpha, "alpha")
+        al = _unit(_as_hwc(alpha, "alpha"))
         if al.shape[:2] != a.shape[:2] or al.shape[-1] != 1:
             raise ValueError(f"alpha must be (H,W)={a.shape[:2]}, got {tuple(al.shape)}")
-        chans.append(al)
-    data = _quantise(np.concatenate(chans, axis=2), bit_depth)
+        if not np.isfinite(al).all():
+            raise ValueError("alpha contains NaN or infinity")
+    data = _encode(a, al, bit_depth, grey)
     if fmt == "tiff" and data.shape[-1] == 2:  # grey+alpha TIFF is not widely readable (Pillow neither)
         data = data[..., [0, 0, 0, 1]]
     if bit_depth == 16:

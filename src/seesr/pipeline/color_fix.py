@@ -17,15 +17,19 @@ to ``[0, 1]``. ``to_uint8`` converts with either truncation (what the official c
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 ColorFixMethod = Literal["adain", "wavelet", "none"]
 
-_ADAIN_EPS = 1e-5
+#: added to the variance before the square root (official ``calc_mean_std``)
+ADAIN_EPS = 1e-5
+_ADAIN_EPS = ADAIN_EPS
 _WAVELET_LEVELS = 5
 
 
@@ -64,27 +68,77 @@ def adain_float(image: Tensor, reference: Tensor) -> Tensor:
     dtype = _working_dtype(image)
     image = image.to(dtype)
     reference = reference.to(dtype)
-    ref_mean, ref_std = _channel_mean_std(reference)
-    img_mean, img_std = _channel_mean_std(image)
+    return adain_transfer(image, _channel_mean_std(image), _channel_mean_std(reference))
+
+
+Stats = tuple[Tensor, Tensor]
+
+
+def adain_transfer(image: Tensor, image_stats: Stats, reference_stats: Stats) -> Tensor:
+    """``(image - mean) / std * ref_std + ref_mean`` with given statistics (unclamped; elementwise, so a band of
+    rows gives the rows of the whole image).
+
+    Args:
+        image: ``(B, 3, h, w)`` float.
+        image_stats, reference_stats: ``(mean, std)``, each ``(B, 3, 1, 1)`` in the dtype of ``image``.
+    """
+    (img_mean, img_std), (ref_mean, ref_std) = image_stats, reference_stats
     return (image - img_mean) / img_std * ref_std + ref_mean
 
 
-def _binomial_smooth(x: Tensor, step: int) -> Tensor:
+def uint8_histogram(codes: Tensor) -> Tensor:
+    """``(1, 3, h, w)`` uint8 -> ``(3, 256)`` int64 counts per channel (add the counts of bands to get an image's)."""
+    return torch.stack([torch.bincount(codes[0, c].reshape(-1), minlength=256) for c in range(3)])
+
+
+def uint8_stats(histogram: Tensor) -> Stats:
+    """AdaIN statistics of an 8-bit image (values ``k / 255``) from its :func:`uint8_histogram`, exactly.
+
+    The mean and the unbiased variance are computed in exact rational arithmetic and rounded once to float32,
+    so they do not depend on how the image was split into bands. (Torch's float32 ``mean`` sums in a cascade and
+    is one ulp off the exact value for about a third of the channels; its ``var`` accumulates in double and
+    matches.) The std is then ``sqrt(var + 1e-5)`` in float32 as :func:`adain_float` computes it.
+
+    Returns:
+        ``(mean, std)``, each ``(1, 3, 1, 1)`` float32.
+    """
+    values = [Fraction(float(v)) for v in torch.arange(256, dtype=torch.float32) / 255]
+    means, variances = [], []
+    for row in histogram.tolist():
+        n = sum(row)
+        total = sum(c * v for c, v in zip(row, values) if c)
+        squares = sum(c * v * v for c, v in zip(row, values) if c)
+        means.append(_nearest_float32(total / n))
+        variances.append(_nearest_float32((squares - total * total / n) / (n - 1)))
+    var = torch.tensor(variances, dtype=torch.float32).reshape(1, 3, 1, 1)
+    return torch.tensor(means, dtype=torch.float32).reshape(1, 3, 1, 1), (var + _ADAIN_EPS).sqrt()
+
+
+def _nearest_float32(q: Fraction) -> float:
+    """``q`` rounded to the nearest float32 (ties to even), without double rounding through float64."""
+    guess = np.float32(float(q))
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+    best = min(candidates, key=lambda c: (abs(Fraction(float(c)) - q), int(np.array(c).view(np.uint32)) & 1))
+    return float(best)
+
+
+def _binomial_smooth(x: Tensor, step: int, top: bool = True, bottom: bool = True) -> Tensor:
     """One à-trous smoothing pass: the 3x3 binomial kernel (outer product of ``[1, 2, 1] / 4``) with its taps
     ``step`` pixels apart, per channel, edges extended by replication.
 
     Args:
         x: ``(B, C, H, W)`` float.
         step: tap spacing (the dilation), ``2**level`` for decomposition level ``level``.
+        top, bottom: whether the first / last row of ``x`` is an edge of the image (replicated); when not, the
+            rows of ``x`` there are context and the result is ``step`` rows shorter on that side.
 
     Returns:
-        ``(B, C, H, W)``, same dtype.
+        ``(B, C, H', W)``, same dtype (``H' = H`` when both are edges).
     """
     taps = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
     weight = torch.outer(taps, taps).expand(x.shape[1], 1, 3, 3)
-    return F.conv2d(
-        F.pad(x, (step, step, step, step), mode="replicate"), weight, groups=x.shape[1], dilation=step
-    )
+    pad = (step, step, step if top else 0, step if bottom else 0)
+    return F.conv2d(F.pad(x, pad, mode="replicate"), weight, groups=x.shape[1], dilation=step)
 
 
 def wavelet_lowpass(x: Tensor, levels: int = _WAVELET_LEVELS) -> Tensor:
@@ -103,6 +157,26 @@ def wavelet_lowpass(x: Tensor, levels: int = _WAVELET_LEVELS) -> Tensor:
     """
     for level in range(levels):
         x = _binomial_smooth(x, 2**level)
+    return x
+
+
+#: rows of context a band of :func:`wavelet_lowpass` needs on each side: the sum of the tap spacings (1+2+...+16)
+WAVELET_HALO = sum(2**level for level in range(_WAVELET_LEVELS))
+
+
+def wavelet_lowpass_band(x: Tensor, *, top: bool, bottom: bool) -> Tensor:
+    """:func:`wavelet_lowpass` of a band of rows of a taller image, equal to the whole image's rows.
+
+    Args:
+        x: ``(B, C, h, W)`` float: the band with :data:`WAVELET_HALO` rows of real context on each side that is
+            not an image edge.
+        top, bottom: whether ``x`` starts at the image's first row / ends at its last.
+
+    Returns:
+        ``(B, C, h - HALO·(not top) - HALO·(not bottom), W)``: the band's rows without the context.
+    """
+    for level in range(_WAVELET_LEVELS):
+        x = _binomial_smooth(x, 2**level, top, bottom)
     return x
 
 

@@ -22,6 +22,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from seesr.config import SamplingConfig, TilingConfig
 from seesr.pipeline import tiling as latent_tiling
+from seesr.pipeline.sizing import as_unit_float
 from seesr.pipeline.tiling import TileBox, TileSplit
 
 
@@ -51,7 +52,7 @@ class GuidedDenoiser:
     Args:
         unet: the SeeSR UNet.
         controlnet: the SeeSR ControlNet.
-        cond: (B, 3, 8h, 8w) condition images in [0, 1].
+        cond: (B, 3, 8h, 8w) condition images in [0, 1], or their uint8 codes (``sizing.as_unit_float``).
         prompt_embeds: (2B, 77, D) = [negatives..., positives...] under CFG, else (B, 77, D).
         image_embeds: (B, 145, 512) soft prompts, or None when RCA is bypassed.
         sampling: sampling settings (guidance, conditioning scale, faithful).
@@ -81,7 +82,8 @@ class GuidedDenoiser:
         self.embeds = (
             None if image_embeds is None else torch.cat([image_embeds] * self.rows).to(unet.device, dtype)
         )
-        self.cond = cond.to(controlnet.device, controlnet.dtype)
+        # uint8 codes stay as they are (on the CPU) and become float per tile crop: one small copy of the image
+        self.cond = cond if cond.dtype == torch.uint8 else cond.to(controlnet.device, controlnet.dtype)
         self.images = cond.shape[0]
         h, w = latent_hw
         tile, overlap = tiling_cfg.latent_tile_size, tiling_cfg.latent_tile_overlap
@@ -100,6 +102,7 @@ class GuidedDenoiser:
         """(rows·B, C0, th, tw) conditioning embedding of one tile, computed on first use."""
         if box not in self._cond_cache:
             c = self.cond if box is None else self.cond[..., 8 * box.y0 : 8 * box.y1, 8 * box.x0 : 8 * box.x1]
+            c = as_unit_float(c).to(self.controlnet.device, self.controlnet.dtype)
             # the CFG rows see the same condition: embed each image once and repeat the result per step
             self._cond_cache[box] = self.controlnet.embed_condition(c)
         return self._cond_cache[box]

@@ -8,7 +8,7 @@ One ``__call__`` runs the numbered steps of DESIGN.md §5 on one LR image:
 4. LRE       ``prepare_latents``: VAE latent of the upscaled LR, noised to the start timestep
 5. denoise   ``denoise``: ControlNet -> UNet (+RCA) with CFG, tiled when large; scheduler steps
 6. decode    ``decode_latents``: VAE decode (tiled when large)
-7. colour    colour fix against the upscaled LR; resize to exactly LR x upscale
+7. colour    colour fix against the upscaled LR; resize to exactly LR x upscale (in bands of rows: ``finish_image``)
 
 ``faithful=True`` reproduces the official implementation's quirks (spec §9 items 1, 2, 8, 9, 12); the default
 differs only where DESIGN.md §8 says so (per-image generator, side-length tiling rule, symmetric tile weights).
@@ -37,6 +37,7 @@ from seesr.models.unet import SeeSRUNet
 from seesr.pipeline import color_fix, schedulers, sizing, stages, vae_tiling
 from seesr.pipeline import tiling as latent_tiling
 from seesr.pipeline.denoise import GuidedDenoiser
+from seesr.pipeline.postprocess import finish_image
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class UpscaleResult:
     """Output of :meth:`SeeSRPipeline.__call__`.
 
     Attributes:
-        image: (1, 3, H, W) float32 in [0, 1], RGB, CPU, at ``round(LR size x upscale)``.
+        image: (1, 3, H, W) RGB on the CPU at ``round(LR size x upscale)``: float32 in [0, 1] by default, or the
+            uint8 / uint16 codes asked for with ``output_dtype`` (a channels-last view of one (H, W, 3) array).
         tags: the tags used in the prompt.
         prompt: the full positive prompt.
         settings: JSON-serialisable resolved settings (sampling, tiling, sizes, timesteps).
@@ -235,14 +237,14 @@ class SeeSRPipeline(DiffusionPipeline):
         """Scaled LR latent ``z_lr`` = posterior sample of VAE(2·lr_up − 1) x scaling factor.
 
         Args:
-            lr_up: (1, 3, H, W) in [0, 1], the condition image.
+            lr_up: (1, 3, H, W) condition image: float in [0, 1] or its uint8 codes (``sizing.as_unit_float``).
             batch: rows of the posterior draw (official: the CFG-doubled batch, row 0 used).
 
         Returns:
             (1, 4, H/8, W/8) scaled latents in the VAE dtype.
         """
         vae = self.vae
-        x = (lr_up * 2 - 1).to(vae.device, vae.dtype)
+        x = sizing.as_unit_float(lr_up).mul(2).sub_(1).to(vae.device, vae.dtype)
         h = vae_tiling.tiled_encode(
             vae.encoder,
             x,
@@ -286,6 +288,7 @@ class SeeSRPipeline(DiffusionPipeline):
         return_trace: bool = False,
         show_progress: bool = True,
         tile_reducer: latent_tiling.TileReducer | None = None,
+        output_dtype: torch.dtype = torch.float32,
     ) -> Any:
         """Super-resolve one LR image, or a batch of LR images of one size in one denoising loop.
 
@@ -306,9 +309,12 @@ class SeeSRPipeline(DiffusionPipeline):
                 call): each runs its share of the tiles and one all-reduce per step sums the weighted outputs;
                 the result equals the unsplit one up to float32 summation round-off (so not with
                 ``faithful``). Everything else (DAPE, text, VAE encode and decode) runs on every process.
+            output_dtype: dtype of ``result.image``: ``torch.float32`` (values in [0, 1]), or ``torch.uint8`` /
+                ``torch.uint16``, the codes an image writer makes of the float result (``round(x * 255)`` /
+                ``round(x * 65535)``), so that a large result is held once, in the bytes it is written in.
 
         Returns:
-            For one image an :class:`UpscaleResult` with the (1, 3, H, W) image in [0, 1] at
+            For one image an :class:`UpscaleResult` with the (1, 3, H, W) image (``output_dtype``) at
             ``round(LR x upscale)``; for a batch a list of them, in input order. Each image of a batch equals
             the same image run alone up to float round-off.
 
@@ -349,9 +355,12 @@ class SeeSRPipeline(DiffusionPipeline):
                     f"images of one batch must have one size, got {tuple(images[0].shape)} and {tuple(other.shape)}"
                 )
         quantize = [sampling.faithful or sizing.is_8bit(lr) for lr in images]
-        lr_up = torch.cat([sizing.prepare_image(lr, plan, quantize=q) for lr, q in zip(images, quantize)]).to(
-            device
-        )
+        # held once for the whole call, on the CPU: uint8 codes on the 8-bit chain (converted per tile / band)
+        conds = [sizing.prepare_condition(lr, plan, quantize=q) for lr, q in zip(images, quantize)]
+        if len({c.dtype for c in conds}) > 1:
+            conds = [sizing.as_unit_float(c) for c in conds]
+        lr_up = torch.cat(conds)
+        del conds
 
         clock = stages.StageClock(device)
         # 2. DAPE (per image: tags differ)
@@ -403,7 +412,8 @@ class SeeSRPipeline(DiffusionPipeline):
         latents = latents.to(self.unet.dtype)
         if trace is not None:
             ids = torch.cat([e[1] for e in encoded])
-            trace.update(lr_up=lr_up.cpu(), prompt_input_ids=ids, prompt_embeds=prompt_embeds.float().cpu())
+            trace.update(lr_up=sizing.as_unit_float(lr_up), prompt_input_ids=ids)
+            trace.update(prompt_embeds=prompt_embeds.float().cpu())
             trace.update(init_noise=init_noise.cpu(), x_T=latents.float().cpu(), timesteps=timesteps.cpu())
             if z_lr is not None:
                 trace["z_lr"] = z_lr.float().cpu()
@@ -461,13 +471,20 @@ class SeeSRPipeline(DiffusionPipeline):
             with clock.stage("vae_decode"):
                 decoded = self.decode_latents(latents[k : k + 1], tiling_cfg)
             with clock.stage("color_fix_resize"):
-                sr, out = postprocess(
-                    decoded, lr_up[k : k + 1], sampling.color_fix, plan.target, quantize=quantize[k]
+                out = finish_image(
+                    decoded,
+                    lr_up[k : k + 1],
+                    sampling.color_fix,
+                    plan.target,
+                    quantize=quantize[k],
+                    out_dtype=output_dtype,
                 )
             item_trace = trace
             if trace is not None:
+                sr = postprocess(decoded, lr_up[k : k + 1], "none", plan.processed, quantize=quantize[k])[0]
                 item_trace = dict(trace) if count > 1 else trace
-                item_trace.update(decoded=decoded.float().cpu(), pipeline_out=sr.cpu())
+                item_trace.update(decoded=decoded.float().cpu(), pipeline_out=sr)
+            del decoded
             results.append(
                 UpscaleResult(
                     image=out,
@@ -506,24 +523,35 @@ def postprocess(
     *,
     quantize: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoder output -> final image (spec §1.5 step 8, §1.3 steps 6-7, §1.9).
+    """Decoder output -> final image, whole arrays at once (spec §1.5 step 8, §1.3 steps 6-7, §1.9).
+
+    The pipeline itself runs the banded :func:`seesr.pipeline.postprocess.finish_image` (same bytes on the 8-bit
+    chain, within 1e-6 on the float chain); this whole-array form is its reference and the tests' official chain.
 
     Args:
         decoded: (1, 3, H, W) VAE decoder output, about [-1, 1].
-        lr_up: (1, 3, H, W) condition image in [0, 1] (the colour reference).
+        lr_up: (1, 3, H, W) condition image: float in [0, 1], or its uint8 codes (the colour reference).
         color_fix_method: "adain", "wavelet" or "none".
         target_wh: final (width, height).
         quantize: reproduce the official uint8 chain (pipeline output rounded, colour fix truncated, PIL
-            bicubic on uint8); otherwise everything stays float.
+            bicubic on uint8); otherwise everything stays float. On this chain AdaIN's statistics are the exact
+            ones of the uint8 codes (``color_fix.uint8_stats``), as in the banded path.
 
     Returns:
         ``(sr, image)``: the (1, 3, H, W) pipeline output and the (1, 3, h_t, w_t) final image, both float32 in
         [0, 1] on the CPU.
     """
     sr = (decoded.float().cpu() / 2 + 0.5).clamp(0, 1)
+    reference = sizing.as_unit_float(lr_up.cpu())
     if quantize:
-        sr = color_fix.to_uint8(sr, rounding="round").float() / 255
-    fixed = color_fix.apply_color_fix(sr, lr_up.float().cpu(), color_fix_method)
+        codes = color_fix.to_uint8(sr, rounding="round")
+        sr = codes.float() / 255
+    if quantize and color_fix_method == "adain":
+        ref_codes = color_fix.to_uint8(reference, rounding="round")
+        stats = [color_fix.uint8_stats(color_fix.uint8_histogram(c)) for c in (codes, ref_codes)]
+        fixed = color_fix.adain_transfer(sr, *stats).clamp(0, 1)
+    else:
+        fixed = color_fix.apply_color_fix(sr, reference, color_fix_method)
     if quantize and color_fix_method != "none":
         fixed = color_fix.to_uint8(fixed, rounding="truncate").float() / 255
     return sr, sizing.bicubic_resize(fixed, target_wh, quantize=quantize)

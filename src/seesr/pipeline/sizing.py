@@ -101,6 +101,14 @@ def is_8bit(image: torch.Tensor) -> bool:
     return bool(torch.equal(torch.round(image * 255) / 255, image.to(torch.float32)))
 
 
+def as_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """A condition image as float32 in [0, 1]: uint8 codes ``k`` become ``k / 255`` (the exact float32 values the
+    8-bit chain computes), float tensors are cast. Used per tile / band, so the whole image stays in uint8."""
+    if image.dtype == torch.uint8:
+        return image.to(torch.float32) / 255
+    return image.to(torch.float32)
+
+
 def bicubic_resize(image: torch.Tensor, size_wh: tuple[int, int], *, quantize: bool) -> torch.Tensor:
     """Pillow bicubic resize.
 
@@ -136,6 +144,7 @@ def prepare_image(lr: torch.Tensor, plan: SizePlan, *, quantize: bool) -> torch.
     """LR (1, 3, h, w) in [0, 1] -> ``lr_up`` (1, 3, H, W) in [0, 1] at ``plan.processed`` (spec §1.3 step 4).
 
     Three successive bicubic resizes exactly as the official script (enlarge, x upscale, floor to /8).
+    With ``quantize`` every value is ``k / 255`` (:func:`prepare_condition` keeps the uint8 codes).
     """
     x = lr
     if plan.enlarged != plan.lr:
@@ -144,3 +153,20 @@ def prepare_image(lr: torch.Tensor, plan: SizePlan, *, quantize: bool) -> torch.
     if plan.processed != plan.upscaled:
         x = bicubic_resize(x, plan.processed, quantize=quantize)
     return x
+
+
+def prepare_condition(lr: torch.Tensor, plan: SizePlan, *, quantize: bool) -> torch.Tensor:
+    """:func:`prepare_image` in the cheapest exact form, to be held for the whole call.
+
+    On the 8-bit chain every value of ``lr_up`` is ``k / 255``: the same Pillow resizes run on the uint8 codes
+    and the (1, 3, H, W) uint8 codes are returned (a quarter of the float32 bytes; :func:`as_unit_float` gives
+    the float values back exactly, per tile). Otherwise the float32 ``prepare_image`` result.
+    """
+    if not quantize:
+        return prepare_image(lr, plan, quantize=False)
+    arr = lr[0].detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
+    codes = np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)
+    for w, h in (plan.enlarged, plan.upscaled, plan.processed):
+        if (codes.shape[1], codes.shape[0]) != (w, h):
+            codes = np.asarray(Image.fromarray(codes).resize((w, h), Image.BICUBIC))
+    return torch.from_numpy(np.ascontiguousarray(codes.transpose(2, 0, 1)))[None]

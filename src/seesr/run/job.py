@@ -43,7 +43,9 @@ class JobResult:
     """What :func:`upscale_image` hands back.
 
     Attributes:
-        sr: (H, W, 3) float32 in [0, 1], the super-resolved RGB as written (before quantisation).
+        sr: (H, W, 3) the super-resolved RGB as the pipeline returned it: uint8 / uint16 codes of the written bit
+            depth from a :class:`SeeSRPipeline` (float32 in [0, 1] for grey output of a 16-bit input, or from a
+            pipeline without ``output_dtype``).
         tags: the tags used in the prompt. prompt: the full positive prompt.
         record: the sidecar record as written. seconds: wall time of the pipeline call.
     """
@@ -100,15 +102,18 @@ def upscale_image(
     with measure_peaks(getattr(pipe, "device", None)) as peaks:
         start = time.perf_counter()
         more = {} if tile_reducer is None else {"tile_reducer": tile_reducer}
+        lr = image_tensor(image.rgb)
         result = pipe(
-            image_tensor(image.rgb),
+            lr,
             sampling=sampling,
             tiling=tiling,
             tags=list(tags) if tags is not None else None,
             callback=callback,
             show_progress=False,
             **more,
+            **_output_kwargs(pipe, lr, image, target, sampling),
         )
+        del lr
         seconds = time.perf_counter() - start
         written_at = time.perf_counter()
         sr = _write_image(io, result, image, target)
@@ -155,15 +160,42 @@ def upscale_image(
     return JobResult(sr=sr, tags=list(result.tags), prompt=result.prompt, record=record, seconds=seconds)
 
 
+def _output_kwargs(
+    pipe: Any, lr: Any, image: Any, target: OutputTarget, sampling: SamplingConfig
+) -> dict[str, Any]:
+    """``output_dtype`` for a pipeline that takes it: the codes the writer writes, so that the full-size result is
+    held once, in those bytes. Grey output from the float (16-bit) chain needs the float values (the luma is taken
+    before quantising), so that case stays float32."""
+    import inspect
+
+    import torch
+
+    try:
+        takes = "output_dtype" in inspect.signature(pipe).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if not takes:
+        return {}
+    from seesr.pipeline.sizing import is_8bit
+
+    if image.is_grey and not (sampling.faithful or is_8bit(lr)):
+        return {"output_dtype": torch.float32}
+    return {"output_dtype": torch.uint8 if target.bit_depth == 8 else torch.uint16}
+
+
 def _write_image(io: Any, result: Any, image: Any, target: OutputTarget) -> np.ndarray:
-    """Check the pipeline's (1,3,H,W) result and write it; returns the (H,W,3) float32 array written."""
+    """Check the pipeline's (1,3,H,W) result and write it; returns the (H,W,3) array written (a view of it)."""
     sr_t = result.image
     if tuple(sr_t.shape[:2]) != (1, 3):
         raise ValueError(f"pipeline returned an image of shape {tuple(sr_t.shape)}, expected (1,3,H,W)")
-    sr = sr_t[0].detach().to("cpu").float().clamp(0, 1).permute(1, 2, 0).numpy()
-    if not np.isfinite(sr).all():
-        raise ValueError("the pipeline produced non-finite pixels (NaN/inf); try --dtype fp32")
+    sr_t = sr_t[0].detach().to("cpu")
+    if str(sr_t.dtype) not in ("torch.uint8", "torch.uint16", "torch.float32"):
+        sr_t = sr_t.float()
+    sr = sr_t.permute(1, 2, 0).numpy()
     h, w = sr.shape[:2]
+    step = max(1, (1 << 20) // max(1, w))
+    if sr.dtype.kind == "f" and not all(np.isfinite(sr[y : y + step]).all() for y in range(0, h, step)):
+        raise ValueError("the pipeline produced non-finite pixels (NaN/inf); try --dtype fp32")
     alpha = None if image.alpha is None else io.upscale_alpha(image.alpha, (w, h))
     target.image.parent.mkdir(parents=True, exist_ok=True)
     io.save_image(

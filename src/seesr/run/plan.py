@@ -37,8 +37,15 @@ UNET_LIVE_FACTOR = 14.0
 #: host memory the loaded libraries and allocator add on top of the RSS before loading and the weights,
 #: measured with the tiny weights on the CPU (docs/benchmarks.md: plan accuracy)
 RUNTIME_OVERHEAD = 400 * MIB
-#: full-resolution float32 RGB arrays alive at once around decode / colour fix / resize / write
-FULL_RES_ARRAYS = 4
+#: full-size arrays alive after decoding, in float32-RGB units of the larger of processed / output size: the
+#: decoder output (float32: 1) and the result in the written dtype (uint16 at most: 0.5); colour fix, resize and
+#: writer work in bands of rows (issue 13 item 4, docs/decisions.md "Bounded post-decode path")
+FULL_RES_ARRAYS = 1.5
+#: the result alone (the decoder output lives on the device when there is one), same units
+OUTPUT_ARRAYS = 0.5
+#: the bands' temporaries: about 1 Mpx of rows (+ the wavelet's 62 halo rows), its dilated convolutions unfolded
+#: 27 floats per pixel, and what glibc keeps of freed band buffers (measured: docs/benchmarks.md)
+POSTPROCESS_BAND_BYTES = 450 * MIB
 #: time of the bounded VAE over the exact one, measured on the fixture VAE (docs/decisions.md): "recompute"
 #: encoder 10-14x, decoder 4-6x; "spill" (one tile in memory, a 150 MB/s disk) encoder 1.1x, decoder 1.5x
 BOUNDED_COST = {
@@ -278,7 +285,10 @@ def plan_image(
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + 12 * n_px * batch + unet,
         "vae_decode": image_in + lr_up + dec,
-        "color_fix_resize": image_in + lr_up + FULL_RES_ARRAYS * 12 * max(n_px, target_px),
+        "color_fix_resize": image_in
+        + lr_up
+        + int(FULL_RES_ARRAYS * 12 * max(n_px, target_px))
+        + POSTPROCESS_BAND_BYTES,
     }
     weights = footprint.weights_bytes(s)
     peak_act = max(stages.values())
@@ -286,7 +296,9 @@ def plan_image(
         host = device = baseline + RUNTIME_OVERHEAD + weights + peak_act
     else:
         device = weights + peak_act
-        host = baseline + RUNTIME_OVERHEAD + image_in + FULL_RES_ARRAYS * 12 * target_px
+        # the condition image stays on the host; the result is filled there band by band
+        post = lr_up + int(OUTPUT_ARRAYS * 12 * target_px) + POSTPROCESS_BAND_BYTES
+        host = baseline + RUNTIME_OVERHEAD + image_in + post
     r = rates or rough_rates(device_type, footprint.unet_width)
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)

@@ -83,7 +83,13 @@ class RunOutput:
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """(H,W,3) float in [0,1] -> uint8 with rounding (the pipeline's output convention, spec §9 item 22)."""
+    """(H,W,3) float in [0,1] -> uint8 with rounding (the pipeline's output convention, spec §9 item 22); uint8
+    codes pass through and uint16 codes are rounded to 8 bits."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        return rgb
+    if rgb.dtype == np.uint16:
+        return ((rgb.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return np.clip(np.rint(np.asarray(rgb, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
