@@ -244,3 +244,28 @@ def test_decoder_finish_stores_each_tile_mapped(mode, stats, tmp_path, monkeypat
         untiled = tiled_decode(vae.decoder, z, 64, finish=to_u8)  # the plain forward path maps too
     assert mapped.dtype == torch.uint8 and torch.equal(mapped, to_u8(plain))
     assert untiled.dtype == torch.uint8 and untiled.shape == mapped.shape
+
+
+@pytest.mark.parametrize(
+    ("mode", "stats"), [("exact", "spill"), ("bounded", "spill"), ("bounded", "recompute")]
+)
+def test_encoder_prepare_maps_each_tile_input(mode, stats, tmp_path, monkeypatch):
+    """``prepare`` maps every tile's crop of the input when it first runs: uint8 codes in, the same result as
+    encoding the whole float image (so the full-size float input need not exist)."""
+    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path))
+    vae = _micro_vae()
+    codes = torch.randint(
+        0, 256, (1, 3, 40, 56), generator=torch.Generator().manual_seed(4), dtype=torch.uint8
+    )
+
+    def to_network(c: torch.Tensor) -> torch.Tensor:
+        return (c.to(torch.float32) / 255).mul(2).sub_(1)
+
+    with torch.no_grad():
+        whole = tiled_encode(vae.encoder, to_network(codes), 16, pad=4, mode=mode, stats_method=stats)
+        mapped = tiled_encode(
+            vae.encoder, codes, 16, pad=4, mode=mode, stats_method=stats, prepare=to_network
+        )
+        small = tiled_encode(vae.encoder, codes, 256, prepare=to_network)  # untiled path maps too
+    assert torch.equal(mapped, whole)
+    assert torch.equal(small, tiled_encode(vae.encoder, to_network(codes), 256))

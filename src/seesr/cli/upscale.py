@@ -129,10 +129,22 @@ class _Planner:
     throughput_file: Path
     throughput_key: str
 
-    def plan(self, size: tuple[int, int], settings: _Run) -> Any:
+    def plan(self, size: tuple[int, int], settings: _Run, *, high_bit_depth: bool = False) -> Any:
         from seesr.run.plan import choose_plan
 
-        return choose_plan(size, settings.sampling, settings.tiling, pinned=self.pinned, **self.kwargs)
+        return choose_plan(
+            size,
+            settings.sampling,
+            settings.tiling,
+            pinned=self.pinned,
+            high_bit_depth=high_bit_depth,
+            **self.kwargs,
+        )
+
+
+def _high_bit_depth(mode: str) -> bool:
+    """Whether a Pillow mode holds more than 8 bits per sample (16-bit PNG/TIFF, 32-bit int or float)."""
+    return mode in ("I", "F") or "16" in mode or "32" in mode
 
 
 def _planner(args: argparse.Namespace, settings: _Run, world: Any) -> _Planner:
@@ -298,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
                 fmt=settings.fmt,
                 bit_depth=settings.bit_depth,
             )
-            plan = planner.plan(info.upright_size, settings)
+            plan = planner.plan(info.upright_size, settings, high_bit_depth=_high_bit_depth(info.mode))
         except (ValueError, OSError) as err:
             fail(item.path, _reason(err, item.path))
             continue

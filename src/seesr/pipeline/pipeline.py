@@ -244,13 +244,17 @@ class SeeSRPipeline(DiffusionPipeline):
             (1, 4, H/8, W/8) scaled latents in the VAE dtype.
         """
         vae = self.vae
-        x = sizing.as_unit_float(lr_up).mul(2).sub_(1).to(vae.device, vae.dtype)
+
+        def to_network(crop: torch.Tensor) -> torch.Tensor:  # per tile: the full-size input never exists
+            return sizing.as_unit_float(crop).mul(2).sub_(1).to(vae.device, vae.dtype)
+
         h = vae_tiling.tiled_encode(
             vae.encoder,
-            x,
+            lr_up,
             tiling_cfg.vae_encoder_tile_size,
             out_dtype=vae.dtype,
             offload_device=_offload(vae),
+            prepare=to_network,
             **vae_tiling.mode_kwargs(tiling_cfg),
         )
         if vae.quant_conv is not None:

@@ -107,9 +107,10 @@ def _run_one(ops: list[_Op], h: Tensor, stats: GroupStats, stop_at: int | None =
     return h
 
 
-def _crop(x: Tensor, tile: VaeTile) -> Tensor:
+def _crop(x: Tensor, tile: VaeTile, prepare: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     b = tile.input_box
-    return x[:, :, b.y0 : b.y1, b.x0 : b.x1]
+    crop = x[:, :, b.y0 : b.y1, b.x0 : b.x1]
+    return prepare(crop) if prepare is not None else crop
 
 
 def sample_tiles(tiles: list[VaeTile], live_tiles: int) -> list[VaeTile]:
@@ -138,7 +139,14 @@ def sample_tiles(tiles: list[VaeTile], live_tiles: int) -> list[VaeTile]:
 
 
 def sampled_stats(
-    ops: list[_Op], x: Tensor, tiles: list[VaeTile], live_tiles: int, *, is_decoder: bool, scale: int
+    ops: list[_Op],
+    x: Tensor,
+    tiles: list[VaeTile],
+    live_tiles: int,
+    *,
+    is_decoder: bool,
+    scale: int,
+    prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> GroupStats:
     """Shared GroupNorm statistics of the exact algorithm run on ``sample_tiles(tiles, live_tiles)`` only."""
     sample = sample_tiles(tiles, live_tiles)
@@ -148,13 +156,15 @@ def sampled_stats(
     LIVE_TILES.peak = max(LIVE_TILES.peak, LIVE_TILES.current)
     try:
         _run_tiled(ops, x, sample, (0, 0), is_decoder=is_decoder, out_dtype=None, offload_device=None,
-                   scale=scale, stats_out=collected)  # fmt: skip
+                   scale=scale, stats_out=collected, prepare=prepare)  # fmt: skip
     finally:
         LIVE_TILES.current -= len(sample)
     return collected[0]
 
 
-def recomputed_stats(ops: list[_Op], x: Tensor, tiles: list[VaeTile]) -> GroupStats:
+def recomputed_stats(
+    ops: list[_Op], x: Tensor, tiles: list[VaeTile], prepare: Callable[[Tensor], Tensor] | None = None
+) -> GroupStats:
     """The exact mode's shared GroupNorm statistics, one tile alive at a time, by recomputation.
 
     For GroupNorm ``k`` every tile is run again from its input up to that GroupNorm with the statistics of
@@ -171,7 +181,7 @@ def recomputed_stats(ops: list[_Op], x: Tensor, tiles: list[VaeTile]) -> GroupSt
         groups = [op for op in ops if op.kind == "norm"][k].module.num_groups
         for t in order:
             with LIVE_TILES.tile():
-                h = _run_one(ops, _crop(x, tiles[t]), stats, stop_at=k)
+                h = _run_one(ops, _crop(x, tiles[t], prepare), stats, stop_at=k)
                 var, mean = _group_var_mean(h, groups)
                 per_tile.append((var, mean, h.shape[2] * h.shape[3]))
                 del h
@@ -192,6 +202,7 @@ def run_bounded(
     stats_method: str = "recompute",
     stats_out: list[GroupStats] | None = None,
     finish: Callable[[Tensor], Tensor] | None = None,
+    prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Tiled forward in bounded memory: sampled statistics first, then one tile at a time into the output.
 
@@ -207,14 +218,15 @@ def run_bounded(
             ``"sampled"`` (statistics of at most ``live_tiles`` synchronised tiles, one extra partial pass).
         stats_out: if given, the statistics the output pass used are appended (for measurements).
         finish: elementwise map of every finished crop before it is stored (see ``tiled_decode``).
+        prepare: elementwise map of every tile's input crop (see ``tiled_encode``).
 
     Returns:
         ``(B, C_out, *out_hw)`` in ``out_dtype``.
     """
     if stats_method == "recompute":
-        stats = recomputed_stats(ops, x, tiles)
+        stats = recomputed_stats(ops, x, tiles, prepare)
     elif stats_method == "sampled":
-        stats = sampled_stats(ops, x, tiles, live_tiles, is_decoder=is_decoder, scale=scale)
+        stats = sampled_stats(ops, x, tiles, live_tiles, is_decoder=is_decoder, scale=scale, prepare=prepare)
     else:
         raise ValueError(f"bounded VAE statistics must be 'recompute' or 'sampled'; got {stats_method!r}")
     if stats_out is not None:
@@ -222,7 +234,7 @@ def run_bounded(
     result: Tensor | None = None
     for tile in tiles:
         with LIVE_TILES.tile():
-            h = _run_one(ops, _crop(x, tile), stats)
+            h = _run_one(ops, _crop(x, tile, prepare), stats)
             piece = _valid_crop(h, tile, is_decoder=is_decoder, scale=scale)
             piece = finish(piece) if finish is not None else piece
             if result is None:

@@ -319,6 +319,7 @@ def _run_tiled(
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
     spill: TileSpill | None = None,
     finish: Callable[[Tensor], Tensor] | None = None,
+    prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The GroupNorm-synchronised tiled forward; ``spill`` keeps the tiles' activations in files between turns
     (all but the last ``spill.keep_in_memory`` tiles of each pass, which the next, reversed pass visits first).
@@ -326,7 +327,7 @@ def _run_tiled(
     Each tile's valid crop is written into the output as soon as the tile finishes (the last segment), so no
     finished tile outlives its turn.
     """
-    device = x.device
+    device = x.device if prepare is None else prepare(x[:, :, :1, :1]).device
     shared_stats: list[tuple[Tensor, Tensor]] = []
     states: list[Tensor | None] = [
         x[:, :, t.input_box.y0 : t.input_box.y1, t.input_box.x0 : t.input_box.x1] for t in tiles
@@ -346,7 +347,7 @@ def _run_tiled(
                 assert spill is not None
                 h, res = spill.take(t, device)
             else:
-                h = state.to(device)
+                h = prepare(state) if prepare is not None and start == 0 else state.to(device)
                 res = residuals[t]
                 res = res.to(device) if res is not None else None
             if shared is not None:
@@ -450,6 +451,7 @@ def _execute(
     live_tiles: int,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None,
     finish: Callable[[Tensor], Tensor] | None = None,
+    prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     if mode == "exact":
         return _run_tiled(
@@ -463,6 +465,7 @@ def _execute(
             scale=scale,
             stats_out=stats_out,
             finish=finish,
+            prepare=prepare,
         )
     if stats_method == "spill":  # the exact algorithm, tiles parked in files: exact output, bounded memory
         with TileSpill(keep_in_memory=live_tiles - 1) as spill:
@@ -478,6 +481,7 @@ def _execute(
                 stats_out=stats_out,
                 spill=spill,
                 finish=finish,
+                prepare=prepare,
             )
     from seesr.pipeline.vae_bounded import run_bounded  # vae_bounded builds on this module
 
@@ -493,6 +497,7 @@ def _execute(
         live_tiles=live_tiles,
         stats_out=stats_out,
         finish=finish,
+        prepare=prepare,
     )
 
 
@@ -509,6 +514,7 @@ def tiled_encode(
     stats_method: str = "spill",
     live_tiles: int = 4,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
+    prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Encode with the official tiled-VAE algorithm (or the plain forward when the image is small).
 
@@ -529,6 +535,9 @@ def tiled_encode(
         live_tiles: bounded mode: most tiles alive at once ("spill": the one running plus ``live_tiles - 1``
             kept in memory between turns; "sampled": the tiles sampled for the statistics; "recompute": 1).
         stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
+        prepare: an elementwise map applied to each tile's crop of ``x`` when the tile first runs (e.g. uint8
+            codes on the host to ``[-1, 1]`` on the device), so the full-size network input need not exist;
+            ``x`` is then the map's input and may have any dtype/device.
 
     Returns:
         ``(B, 2·latent_channels, H/8, W/8)`` = the encoder output (moments before ``quant_conv``).
@@ -541,7 +550,7 @@ def tiled_encode(
         raise ValueError(f"tiled_encode expects (B, C, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if not encoder_needs_tiling(h, w, tile_size, pad):
-        out = encoder(x)
+        out = encoder(prepare(x) if prepare is not None else x)
         return out if out_dtype is None else out.to(out_dtype)
     scale = _sampling_factor(cast(nn.ModuleList, encoder.down_blocks), "downsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=False, scale=scale)
@@ -561,6 +570,7 @@ def tiled_encode(
         stats_method=stats_method,
         live_tiles=live_tiles,
         stats_out=stats_out,
+        prepare=prepare,
     )
 
 

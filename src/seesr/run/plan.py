@@ -240,6 +240,7 @@ def plan_image(
     baseline: int,
     rates: Rates | None = None,
     free_disk: int | None = None,
+    high_bit_depth: bool = False,
 ) -> Plan:
     """Predict the cost of one image with the given settings (see the module docstring for the model).
 
@@ -253,6 +254,8 @@ def plan_image(
         rates: time rates; default :func:`rough_rates`.
         free_disk: free bytes where the bounded VAE's spill files go (default: measured there now); a plan
             whose spill files would not fit does not fit.
+        high_bit_depth: the input has more than 8 bits per sample (its condition image is held as float32
+            instead of uint8 codes).
     """
     from seesr.pipeline.sizing import plan_sizes
     from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
@@ -279,11 +282,15 @@ def plan_image(
             estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **exact_kw),  # type: ignore[arg-type]
         )
     image_in = size[0] * size[1] * 3 * 4 * 2  # decoded input + its tensor view/copy
-    lr_up = 12 * n_px  # (1,3,H,W) float32, alive for the whole call (condition image, colour-fix reference)
+    # the condition image, alive for the whole call: uint8 codes (float32 for inputs over 8 bits); every model
+    # and band converts its own crop
+    lr_up = (12 if high_bit_depth else 3) * n_px
     unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * s)
+    # the ControlNet's condition embedding, cached per latent tile for the whole loop (denoise.cond_cache_bytes)
+    cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s
     stages = {
         "vae_encode": image_in + lr_up + enc,
-        "denoise": image_in + lr_up + 12 * n_px * batch + unet,
+        "denoise": image_in + lr_up + cond_cache + unet,
         "vae_decode": image_in + lr_up + dec,
         "color_fix_resize": image_in
         + lr_up
