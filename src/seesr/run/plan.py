@@ -212,6 +212,7 @@ def plan_image(
     budget: int,
     baseline: int,
     rates: Rates | None = None,
+    images: int = 1,
 ) -> Plan:
     """Predict the cost of one image with the given settings (see the module docstring for the model).
 
@@ -223,6 +224,9 @@ def plan_image(
         budget: memory budget in bytes (of the device; of the host on the CPU).
         baseline: host bytes in use before the weights are loaded (this process's RSS now).
         rates: time rates; default :func:`rough_rates`.
+        images: images of this size run together in one pipeline call (``--batch-size``): the denoise
+            activations scale with them like ``tile_batch``, every image's input and condition image stay alive,
+            and the finished outputs wait for the last one; ``seconds`` is for the whole call.
     """
     from seesr.pipeline.sizing import plan_sizes
     from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
@@ -240,14 +244,17 @@ def plan_image(
     vae_kw = dict(block_out_channels=channels, mode=tiling.vae_mode, live_tiles=live, dtype_bytes=s)
     enc = estimate_vae_peak_bytes(ph, pw, tiling.vae_encoder_tile_size, part="encoder", **vae_kw)  # type: ignore[arg-type]
     dec = estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **vae_kw)  # type: ignore[arg-type]
-    image_in = size[0] * size[1] * 3 * 4 * 2  # decoded input + its tensor view/copy
-    lr_up = 12 * n_px  # (1,3,H,W) float32, alive for the whole call (condition image, colour-fix reference)
-    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * s)
+    image_in = size[0] * size[1] * 3 * 4 * 2 * images  # decoded inputs + their tensor views/copies
+    lr_up = (
+        12 * n_px * images
+    )  # (B,3,H,W) float32, alive for the whole call (condition, colour-fix reference)
+    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * images * s)
+    done = 12 * target_px * (images - 1)  # finished (1,3,H,W) outputs held until the batch returns
     stages = {
         "vae_encode": image_in + lr_up + enc,
-        "denoise": image_in + lr_up + 12 * n_px * batch + unet,
-        "vae_decode": image_in + lr_up + dec,
-        "color_fix_resize": image_in + lr_up + FULL_RES_ARRAYS * 12 * max(n_px, target_px),
+        "denoise": image_in + lr_up + 12 * n_px * batch * images + unet,
+        "vae_decode": image_in + lr_up + dec + done,
+        "color_fix_resize": image_in + lr_up + done + FULL_RES_ARRAYS * 12 * max(n_px, target_px),
     }
     weights = footprint.weights_bytes(s)
     peak_act = max(stages.values())
@@ -260,7 +267,7 @@ def plan_image(
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)
     recompute = tiling.vae_mode == "bounded" and tiling.vae_bounded_stats == "recompute"
-    seconds = (
+    seconds = images * (
         r.fixed
         + r.denoise * lh * lw * overlap_factor * batch * steps
         + r.vae_encode * n_px * (BOUNDED_ENCODE_COST if recompute else 1)
