@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from seesr.cli import upscale_tiles
+from seesr.cli.upscale_batch import _emit
 from seesr.cli.upscale_flags import SAMPLING_FLAGS, TILING_FLAGS, add_arguments
 from seesr.run.sources import NO_WEIGHTS, OFFICIAL_PARTS  # noqa: F401 - NO_WEIGHTS re-exported for tests
 
@@ -93,6 +94,17 @@ def _resolve(args: argparse.Namespace) -> _Run:
     inputs = list(args.inputs) or ([side["input"]] if side.get("input") else [])
     if not inputs:
         raise ValueError("no INPUT given: pass image files, folders or globs")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if (args.batch_size or 1) > 1 and getattr(args, "split", "images") == "tiles":
+        raise ValueError(
+            "--split tiles runs one image at a time on all the ranks together: drop --batch-size"
+        )
+    for flag in ("compile", "channels_last"):
+        if getattr(args, flag, False) and sampling_cfg.faithful:
+            raise ValueError(
+                f"--{flag.replace('_', '-')} changes float round-off and --faithful is bit-for-bit: drop one of them"
+            )
     if args.max_pixels is not None and args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.max_output_pixels is not None and args.max_output_pixels < 1:
@@ -140,6 +152,17 @@ class _Planner:
             high_bit_depth=high_bit_depth,
             **self.kwargs,
         )
+
+    def fit_batch(self, plan: Any, n: int, sampling: Any) -> tuple[int, Any]:
+        """The most images (<= ``n``) of ``plan``'s size and tiling that fit the budget in one call, and the plan of
+        that call (``plan`` itself for one image: batching never changes an image's tiling)."""
+        from seesr.run.plan import plan_image
+
+        for m in range(n, 1, -1):
+            batch_plan = plan_image(plan.input_size, sampling, plan.tiling, images=m, **self.kwargs)
+            if batch_plan.fits:
+                return m, batch_plan
+        return 1, plan
 
 
 def _high_bit_depth(mode: str) -> bool:
@@ -194,6 +217,29 @@ def _load_pipeline(args: argparse.Namespace, run: _Run) -> Any:
     return load_pipeline(
         choice, device=args.device, dtype=run.dtype or "auto", preset=run.preset, no_dape=args.no_dape
     )
+
+
+def _fast_kernels(pipe: Any, args: argparse.Namespace) -> None:
+    """Apply ``--channels-last`` and ``--compile`` to the loaded pipeline (the sidecar's ``kernels`` reads them
+    back from the models)."""
+    if args.channels_last:
+        from seesr.pipeline.compile import set_channels_last
+
+        set_channels_last(pipe, True)
+    if args.compile:
+        import shutil
+
+        from seesr.pipeline.compile import compile_models
+
+        device = str(getattr(pipe, "device", "cpu"))
+        compilers = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+        if device.startswith("cpu") and not any(c and shutil.which(c) for c in compilers):
+            raise ValueError(
+                "--compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) on PATH; none found"
+            )
+
+        compiled = compile_models(pipe, regional=True)
+        logger.info("torch.compile: %d blocks (compiled on their first call)", compiled)
 
 
 def _reason(err: BaseException, path: Path) -> str:
@@ -338,18 +384,36 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"out of memory while loading the weights: {_reason(err, Path())}") from None
         from tqdm import tqdm
 
-        bar = tqdm(jobs, desc="upscale", unit="img", disable=None if world.is_main else True, file=sys.stderr)
+        from seesr.cli.upscale_batch import BatchRunner, make_batches
+
+        _fast_kernels(pipe, args)
+        batches = make_batches(
+            jobs, args.batch_size or 1, lambda plan, n: planner.fit_batch(plan, n, settings.sampling)
+        )
+        runner = BatchRunner(pipe, settings, args, max_pixels, planner, fail, _reason)
+        bar = tqdm(
+            total=sum(len(units) for units, _ in batches),
+            desc="upscale",
+            unit="img",
+            disable=None if world.is_main else True,
+            file=sys.stderr,
+        )
         try:
-            for item, todo, plan in bar:
-                bar.set_postfix_str(item.path.name, refresh=False)
-                try:
-                    written += _process(pipe, item, todo, settings, args, max_pixels, plan, planner)
-                except (KeyboardInterrupt, upscale_tiles.LockstepError):
-                    raise
-                except Exception as err:  # one bad image must not end the batch
-                    logger.debug("failure on %s", item.path, exc_info=True)
-                    fail(item.path, _reason(err, item.path))
-                    _free_memory()
+            reducer = world.tile_reducer() if tiles else None
+            for units, plan in batches:
+                bar.set_postfix_str(units[0].item.path.name, refresh=False)
+                if reducer is None:
+                    written += runner.run(units, plan)
+                else:  # --split tiles: one output per call, every rank in it
+                    try:
+                        written += upscale_tiles.run_unit(pipe, units[0], plan, settings=settings, args=args,
+                                                          max_pixels=max_pixels, world=world, reducer=reducer,
+                                                          reason=_reason)  # fmt: skip
+                    except upscale_tiles.LockstepError:
+                        raise
+                    except ValueError as err:  # an input that cannot be read: refused on every rank
+                        fail(units[0].item.path, str(err))
+                bar.update(len(units))
         except KeyboardInterrupt:
             bar.close()
             print(
@@ -372,133 +436,3 @@ def _run(args: argparse.Namespace) -> int:
     if world.is_main:
         print(summary)
     return 1 if n_failed else 0
-
-
-def _emit(line: str) -> None:
-    try:
-        from tqdm import tqdm
-
-        tqdm.write(line, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(line, file=sys.stderr)
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _process(
-    pipe: Any,
-    item: Any,
-    todo: list[tuple[int, Any]],
-    settings: _Run,
-    args: argparse.Namespace,
-    max_pixels: int,
-    plan: Any,
-    planner: _Planner,
-) -> int:
-    """Load one input, run every pending sample, write image + sidecar (+ prompt). Returns files written."""
-    from tqdm import tqdm
-
-    from seesr import io
-    from seesr.run import throughput
-    from seesr.run.costs import format_costs
-    from seesr.run.distributed import current
-    from seesr.run.job import OutputTarget, upscale_image
-
-    world = current()
-    reducer = world.tile_reducer() if getattr(args, "split", "images") == "tiles" else None
-    if reducer is not None:
-        img = upscale_tiles.load_on_rank0(
-            world,
-            lambda: io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated),
-            lambda err: _reason(err, item.path),
-        )
-    else:
-        img = io.load_image(item.path, max_pixels=max_pixels, allow_truncated=args.allow_truncated)
-    for note in img.warnings:
-        _emit(f"{item.path}: warning: {note}")
-    if img.bit_depth > settings.bit_depth:
-        logger.info(
-            "%s: %d-bit input written as %d-bit (--bit-depth 16 keeps more)",
-            item.path,
-            img.bit_depth,
-            settings.bit_depth,
-        )
-    written = 0
-    for k, out in todo:
-        sampling = dataclasses.replace(settings.sampling, seed=settings.sampling.seed + k)
-        target = OutputTarget(
-            image=out.output,
-            sidecar=out.sidecar,
-            format=settings.fmt,
-            bit_depth=settings.bit_depth,
-            prompt_text=out.output.parent / "txt" / (out.output.stem + ".txt") if args.save_prompts else None,
-        )
-        steps = tqdm(
-            total=sampling.num_inference_steps,
-            desc="  steps",
-            leave=False,
-            disable=None if current().is_main else True,
-            file=sys.stderr,
-        )
-
-        def callback(step: int, total: int, bar: Any = steps) -> None:
-            bar.total = total
-            bar.n = step
-            bar.refresh()
-
-        try:
-            describe = lambda err: f"{item.path}: {_reason(err, item.path)}"  # noqa: E731
-            with upscale_tiles.lockstep(reducer is not None, world.rank, describe):
-                if reducer is not None and not world.is_main:  # --split tiles: the same call, rank 0 writes
-                    upscale_tiles.follow(
-                        pipe,
-                        img.rgb,
-                        sampling=sampling,
-                        tiling=plan.tiling,
-                        tags=settings.tags,
-                        reducer=reducer,
-                    )
-                    continue
-                job = upscale_image(
-                    pipe,
-                    img,
-                    target,
-                    sampling=sampling,
-                    tiling=plan.tiling,
-                    tags=settings.tags,
-                    preset=settings.preset or "default",
-                    input_name=str(item.path),
-                    callback=callback,
-                    extra={
-                        "sample_index": k,
-                        "dtype_requested": settings.dtype or "auto",
-                        "plan": plan.as_record(),
-                        **world.sidecar_fields("tiles" if reducer is not None else "images"),
-                    },
-                    tile_reducer=reducer,
-                )
-        finally:
-            steps.close()
-        if getattr(args, "verbose", False):  # `seesr -v upscale`: where the time and memory went
-            _emit(f"{target.image}: {format_costs(job.record)}")
-        if reducer is not None:
-            logger.info("%s: latent tiles per rank %s", item.path, job.record["settings"].get("tile_split"))
-        elif "denoise" in job.record["timings"]:  # (a split run's denoise time is not one process's)
-            batch = 2 if sampling.guidance_scale > 1.0 else 1
-            throughput.record_run(
-                planner.throughput_file,
-                planner.throughput_key,
-                plan,
-                job.record["timings"],
-                steps=sampling.num_inference_steps,
-                batch=batch,
-            )
-        written += 1
-    return written

@@ -198,3 +198,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="output pixel cap (default: none; what cannot fit --max-memory is refused by the plan)",
     )
     r.add_argument("--save-prompts", dest="save_prompts", action="store_true", help="also write txt/NAME.txt")
+
+    f = p.add_argument_group("throughput")
+    f.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help="images of one size per pipeline call (1); each keeps its own seed and equals its lone run up to "
+        "float round-off; made smaller when a batch would not fit --max-memory",
+    )
+    f.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet and ControlNet block by block (minutes on the first call; needs a C compiler "
+        "on the CPU; not with --faithful)",
+    )
+    f.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_true",
+        help="UNet, ControlNet and VAE in channels_last memory format (not with --faithful)",
+    )

@@ -10,6 +10,7 @@ fails inside the pipeline ends the run (:class:`LockstepError`) instead of being
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,3 +81,69 @@ def follow(pipe: Any, rgb: Any, *, sampling: Any, tiling: Any, tags: list[str] |
         show_progress=False,
         tile_reducer=reducer,
     )
+
+
+def run_unit(
+    pipe: Any,
+    unit: Any,
+    plan: Any,
+    *,
+    settings: Any,
+    args: Any,
+    max_pixels: int,
+    world: Any,
+    reducer: Any,
+    reason: Callable[[BaseException, Any], str],
+) -> int:
+    """One output (an :class:`seesr.cli.upscale_batch.Unit`) under ``--split tiles``; returns files written.
+
+    Rank 0 reads the input and sends it; every rank makes the same pipeline call with the tile reducer; rank 0
+    writes the image and its sidecar. A bad input raises ValueError on every rank (the caller fails it alone); a
+    failure inside the pipeline raises :class:`LockstepError` (the run stops).
+    """
+    import dataclasses
+
+    from seesr import io
+    from seesr.run.job import OutputTarget, upscale_image
+
+    path = unit.item.path
+    img = load_on_rank0(
+        world,
+        lambda: io.load_image(path, max_pixels=max_pixels, allow_truncated=args.allow_truncated),
+        lambda err: reason(err, path),
+    )
+    sampling = dataclasses.replace(settings.sampling, seed=settings.sampling.seed + unit.k)
+    out = unit.out
+    with lockstep(True, world.rank, lambda err: f"{path}: {reason(err, path)}"):
+        if not world.is_main:
+            follow(pipe, img.rgb, sampling=sampling, tiling=plan.tiling, tags=settings.tags, reducer=reducer)
+            return 0
+        job = upscale_image(
+            pipe,
+            img,
+            OutputTarget(
+                image=out.output,
+                sidecar=out.sidecar,
+                format=settings.fmt,
+                bit_depth=settings.bit_depth,
+                prompt_text=out.output.parent / "txt" / (out.output.stem + ".txt")
+                if args.save_prompts
+                else None,
+            ),
+            sampling=sampling,
+            tiling=plan.tiling,
+            tags=settings.tags,
+            preset=settings.preset or "default",
+            input_name=str(path),
+            extra={
+                "sample_index": unit.k,
+                "dtype_requested": settings.dtype or "auto",
+                "plan": plan.as_record(),
+                **world.sidecar_fields("tiles"),
+            },
+            tile_reducer=reducer,
+        )
+    logging.getLogger("seesr.cli.upscale").info(
+        "%s: latent tiles per rank %s", path, job.record["settings"].get("tile_split")
+    )
+    return 1

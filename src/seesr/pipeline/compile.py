@@ -60,3 +60,16 @@ def set_channels_last(pipe: Any, enabled: bool = True) -> None:
     fmt = torch.channels_last if enabled else torch.contiguous_format
     for model in (pipe.unet, pipe.controlnet, pipe.vae):
         model.to(memory_format=fmt)
+
+
+def describe_kernels(pipe: Any) -> dict[str, Any]:
+    """What :func:`compile_models` and :func:`set_channels_last` did to ``pipe``, read from the models themselves
+    (for the sidecar): ``{"compiled_modules": int, "channels_last": bool}``."""
+    compiled = sum(
+        getattr(m, "_compiled_call_impl", None) is not None
+        for model in (pipe.unet, pipe.controlnet)
+        for m in model.modules()
+    )
+    weight = pipe.unet.conv_in.weight  # (C, 4, 3, 3): the two formats differ in strides
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return {"compiled_modules": int(compiled), "channels_last": bool(channels_last)}

@@ -571,7 +571,7 @@ def _noise_sources(
 ) -> list[NoiseSource]:
     """One noise source per image (a fresh seeded one each when none is given)."""
     if noise is None:
-        return [_default_noise(sampling) for _ in range(count)]
+        return [seeded_noise(sampling) for _ in range(count)]
     sources = list(noise) if isinstance(noise, (list, tuple)) else [noise]
     if len(sources) != count:
         raise ValueError(f"noise must give one source per image ({count}), got {len(sources)}")
@@ -589,7 +589,9 @@ def _step_generator(noise: NoiseSource) -> torch.Generator:
     return generator
 
 
-def _default_noise(sampling: SamplingConfig) -> GeneratorNoise:
+def seeded_noise(sampling: SamplingConfig) -> GeneratorNoise:
+    """The noise source an image gets by default: generators seeded with ``sampling.seed`` (pass one per image
+    as ``noise=`` to batch images with different seeds, each drawing exactly what it draws alone)."""
     generator = torch.Generator("cpu").manual_seed(sampling.seed)
     posterior = torch.Generator("cpu").manual_seed(sampling.seed) if sampling.faithful else None
     return GeneratorNoise(generator, posterior)

@@ -3,6 +3,7 @@
 :func:`upscale_image` takes a decoded :class:`seesr.io.LoadedImage`, calls the pipeline once, checks the result,
 writes the image (alpha re-attached, grey kept, ICC carried, atomically) and then its sidecar JSON, and hands
 back the float result so a caller can show it. The output files are the same bytes whoever calls it.
+:func:`upscale_images` does the same for several images of one size in one pipeline call (``--batch-size``).
 """
 
 from __future__ import annotations
@@ -96,34 +97,168 @@ def upscale_image(
     Raises:
         ValueError: non-finite output; whatever the pipeline or the writer raises.
     """
+    (outcome,) = upscale_images(
+        pipe,
+        [image],
+        [target],
+        samplings=[sampling],
+        tiling=tiling,
+        tags=tags,
+        preset=preset,
+        input_names=[input_name],
+        callback=callback,
+        extras=[extra or {}],
+        tile_reducer=tile_reducer,
+    )
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def upscale_images(
+    pipe: Any,
+    images: Sequence[Any],
+    targets: Sequence[OutputTarget],
+    *,
+    samplings: Sequence[SamplingConfig],
+    tiling: TilingConfig,
+    tags: Sequence[str] | None = None,
+    preset: str | None = None,
+    input_names: Sequence[str | None] | None = None,
+    callback: Callable[[int, int], None] | None = None,
+    extras: Sequence[Mapping[str, Any]] | None = None,
+    tile_reducer: Any = None,
+) -> list[JobResult | Exception]:
+    """Super-resolve decoded images of one size in one pipeline call and write each with its sidecar.
+
+    Image ``k`` is drawn with the generators of ``samplings[k].seed``, exactly as it would be alone (its result
+    equals the lone run up to float round-off: batching changes the order of CPU kernels). One image calls the
+    pipeline exactly as :func:`upscale_image` always did. Each sidecar records ``batch`` (size, index, inputs);
+    its ``timings`` and ``memory`` are those of the whole call.
+
+    Args:
+        images, targets, samplings: one per image; the samplings may differ only in ``seed``.
+        input_names, extras: one per image (see :func:`upscale_image`); the rest as there, shared.
+        tile_reducer: see :func:`upscale_image`.
+
+    Returns:
+        Per image its :class:`JobResult`, or the exception that stopped writing it (the others are written).
+
+    Raises:
+        ValueError: mismatched lengths, or samplings that differ in more than the seed; whatever the pipeline
+            raises (then nothing is written).
+    """
     from seesr import io
     from seesr.run.costs import measure_peaks
 
+    n = len(images)
+    names = list(input_names) if input_names is not None else [None] * n
+    extra_list = list(extras) if extras is not None else [{}] * n
+    if not n or not len(targets) == len(samplings) == len(names) == len(extra_list) == n:
+        raise ValueError(
+            f"upscale_images needs one target, sampling, name and extra per image ({n} images), got "
+            f"{len(targets)}, {len(samplings)}, {len(names)}, {len(extra_list)}"
+        )
+    first = samplings[0]
+    for s in samplings[1:]:
+        if dataclasses.replace(s, seed=first.seed) != first:
+            raise ValueError(
+                "images of one batch must share their sampling settings (only the seed may differ)"
+            )
+    tag_list = list(tags) if tags is not None else None
+    outcomes: list[JobResult | Exception] = []
     with measure_peaks(getattr(pipe, "device", None)) as peaks:
         start = time.perf_counter()
-        more = {} if tile_reducer is None else {"tile_reducer": tile_reducer}
-        lr = image_tensor(image.rgb)
-        result = pipe(
-            lr,
-            sampling=sampling,
-            tiling=tiling,
-            tags=list(tags) if tags is not None else None,
-            callback=callback,
-            show_progress=False,
-            **more,
-            **_output_kwargs(pipe, lr, image, target, sampling),
-        )
-        del lr
+        more: dict[str, Any] = {} if tile_reducer is None else {"tile_reducer": tile_reducer}
+        lrs = [image_tensor(im.rgb) for im in images]
+        more.update(_output_kwargs(pipe, lrs, images, targets, first))
+        if n == 1:
+            common = dict(
+                sampling=first, tiling=tiling, tags=tag_list, callback=callback, show_progress=False
+            )
+            results = [pipe(lrs[0], **common, **more)]
+        else:
+            from seesr.pipeline.pipeline import seeded_noise
+
+            results = pipe(
+                lrs,
+                sampling=first,
+                tiling=tiling,
+                tags=tag_list,
+                callback=callback,
+                noise=[seeded_noise(s) for s in samplings],
+                show_progress=False,
+                **more,
+            )
+        del lrs
         seconds = time.perf_counter() - start
-        written_at = time.perf_counter()
-        sr = _write_image(io, result, image, target)
-        write_seconds = time.perf_counter() - written_at
+        written: list[tuple[np.ndarray, float] | Exception] = []
+        for result, image, target in zip(results, images, targets):
+            written_at = time.perf_counter()
+            try:
+                sr = _write_image(io, result, image, target)
+            except Exception as err:  # one bad result must not cost the others theirs
+                written.append(err)
+                continue
+            written.append((sr, time.perf_counter() - written_at))
+    batch_inputs = [str(nm if nm is not None else im.source) for nm, im in zip(names, images)]
+    for k, (result, image, target, done) in enumerate(zip(results, images, targets, written)):
+        if isinstance(done, Exception):
+            outcomes.append(done)
+            continue
+        sr, write_seconds = done
+        batch: dict[str, Any] = {"size": n, "index": k}
+        if n > 1:
+            batch["inputs"] = batch_inputs
+        try:
+            outcomes.append(
+                _finish(
+                    pipe,
+                    result,
+                    image,
+                    target,
+                    sr,
+                    samplings[k],
+                    tiling,
+                    tag_list,
+                    preset,
+                    batch_inputs[k],
+                    seconds,
+                    write_seconds,
+                    peaks.as_record(),
+                    batch,
+                    extra_list[k],
+                )
+            )
+        except Exception as err:
+            outcomes.append(err)
+    return outcomes
+
+
+def _finish(
+    pipe: Any,
+    result: Any,
+    image: Any,
+    target: OutputTarget,
+    sr: np.ndarray,
+    sampling: SamplingConfig,
+    tiling: TilingConfig,
+    tags: list[str] | None,
+    preset: str | None,
+    input_name: str,
+    seconds: float,
+    write_seconds: float,
+    memory: dict[str, Any],
+    batch: dict[str, Any],
+    extra: Mapping[str, Any],
+) -> JobResult:
+    """Write the sidecar (and prompt file) of one written image; returns its :class:`JobResult`."""
     h, w = sr.shape[:2]
     timings = dict(getattr(result, "timings", None) or {})
     timings.update(write=round(write_seconds, 3), pipeline_s=round(seconds, 3))
     record: dict[str, Any] = {
         "seesr_sidecar": SIDECAR_VERSION,
-        "input": str(input_name if input_name is not None else image.source),
+        "input": input_name,
         "output": str(target.image),
         "input_size": list(image.size),
         "output_size": [w, h],
@@ -145,11 +280,13 @@ def upscale_image(
         "weights_manifest": getattr(pipe, "weights_manifest", None),
         "device": str(getattr(pipe, "device", "")),
         "dtype": str(getattr(pipe, "dtype", "")),
+        "batch": batch,
+        "kernels": _kernels(pipe),
         "timings": timings,
-        "memory": peaks.as_record(),
+        "memory": memory,
         "versions": versions(),
     }
-    for key, value in (extra or {}).items():
+    for key, value in extra.items():
         if key in record:
             raise ValueError(f"sidecar field {key!r} is written by upscale_image; pass another name")
         record[key] = value
@@ -161,11 +298,15 @@ def upscale_image(
 
 
 def _output_kwargs(
-    pipe: Any, lr: Any, image: Any, target: OutputTarget, sampling: SamplingConfig
+    pipe: Any,
+    lrs: Sequence[Any],
+    images: Sequence[Any],
+    targets: Sequence[OutputTarget],
+    sampling: SamplingConfig,
 ) -> dict[str, Any]:
     """``output_dtype`` for a pipeline that takes it: the codes the writer writes, so that the full-size result is
     held once, in those bytes. Grey output from the float (16-bit) chain needs the float values (the luma is taken
-    before quantising), so that case stays float32."""
+    before quantising), so that case stays float32; so does a batch whose images would want different codes."""
     import inspect
 
     import torch
@@ -178,9 +319,22 @@ def _output_kwargs(
         return {}
     from seesr.pipeline.sizing import is_8bit
 
-    if image.is_grey and not (sampling.faithful or is_8bit(lr)):
-        return {"output_dtype": torch.float32}
-    return {"output_dtype": torch.uint8 if target.bit_depth == 8 else torch.uint16}
+    wanted = {
+        torch.float32
+        if image.is_grey and not (sampling.faithful or is_8bit(lr))
+        else (torch.uint8 if target.bit_depth == 8 else torch.uint16)
+        for lr, image, target in zip(lrs, images, targets)
+    }
+    return {"output_dtype": wanted.pop() if len(wanted) == 1 else torch.float32}
+
+
+def _kernels(pipe: Any) -> dict[str, Any] | None:
+    """``--compile`` / ``--channels-last`` as the models show them (None for a pipeline without a UNet)."""
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "controlnet"):
+        return None
+    from seesr.pipeline.compile import describe_kernels
+
+    return describe_kernels(pipe)
 
 
 def _write_image(io: Any, result: Any, image: Any, target: OutputTarget) -> np.ndarray:

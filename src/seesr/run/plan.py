@@ -241,6 +241,7 @@ def plan_image(
     rates: Rates | None = None,
     free_disk: int | None = None,
     high_bit_depth: bool = False,
+    images: int = 1,
 ) -> Plan:
     """Predict the cost of one image with the given settings (see the module docstring for the model).
 
@@ -256,6 +257,9 @@ def plan_image(
             whose spill files would not fit does not fit.
         high_bit_depth: the input has more than 8 bits per sample (its condition image is held as float32
             instead of uint8 codes).
+        images: images of this size run together in one pipeline call (``--batch-size``): the denoise
+            activations scale with them like ``tile_batch``, every image's input and condition image stay alive,
+            and the finished outputs wait for the last one; ``seconds`` is for the whole call.
     """
     from seesr.pipeline.sizing import plan_sizes
     from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
@@ -281,19 +285,21 @@ def plan_image(
             estimate_vae_peak_bytes(ph, pw, tiling.vae_encoder_tile_size, part="encoder", **exact_kw),  # type: ignore[arg-type]
             estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **exact_kw),  # type: ignore[arg-type]
         )
-    image_in = size[0] * size[1] * 3 * 4 * 2  # decoded input + its tensor view/copy
-    # the condition image, alive for the whole call: uint8 codes (float32 for inputs over 8 bits); every model
+    image_in = size[0] * size[1] * 3 * 4 * 2 * images  # decoded inputs + their tensor views/copies
+    # the condition images, alive for the whole call: uint8 codes (float32 for inputs over 8 bits); every model
     # and band converts its own crop
-    lr_up = (12 if high_bit_depth else 3) * n_px
-    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * s)
+    lr_up = (12 if high_bit_depth else 3) * n_px * images
+    unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * images * s)
     # the ControlNet's condition embedding, cached per latent tile for the whole loop (denoise.cond_cache_bytes)
-    cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s
+    cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s * images
+    done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)  # finished results held until the batch returns
     stages = {
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + cond_cache + unet,
-        "vae_decode": image_in + lr_up + dec,
+        "vae_decode": image_in + lr_up + dec + done,
         "color_fix_resize": image_in
         + lr_up
+        + done
         + int(FULL_RES_ARRAYS * 12 * max(n_px, target_px))
         + POSTPROCESS_BAND_BYTES,
     }
@@ -310,7 +316,7 @@ def plan_image(
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)
     enc_factor, dec_factor = vae_time_factors(tiling)
-    seconds = (
+    seconds = images * (
         r.fixed
         + r.denoise * lh * lw * overlap_factor * batch * steps
         + r.vae_encode * n_px * enc_factor
