@@ -118,6 +118,8 @@ def plan_pairs(
     subdirs = ["gt", "lr", "sr_bicubic"] + (["tag"] if tags else [])
     for d in subdirs:
         (out / d).mkdir(parents=True, exist_ok=True)
+        for stale in (out / d).glob("*.tmp"):  # left by a killed run (the finished files were renamed)
+            stale.unlink(missing_ok=True)
 
     settings = {
         "seed": seed,
@@ -197,7 +199,7 @@ def write_pairs(
                         dataset.load(n % n_img, torch.Generator().manual_seed(derive_seed(seed, 0, n)))
                     )
                 except Exception as err:  # one unreadable image fails its pairs alone
-                    logger.error("%s: pair %07d not made: %s", dataset.files[n % n_img], n + 1, err)
+                    logger.error("pair %07d not made: %s", n + 1, err)  # err names the file
                     failed += 1
                     continue
                 chunk.append(n)
