@@ -75,8 +75,8 @@ def _run_images(args: argparse.Namespace) -> int:
 def _score_images(args: argparse.Namespace, world: Any) -> int:
     from pathlib import Path
 
-    from seesr.io import probe_image
-    from seesr.metrics.evaluate import _MAX_PIXELS, finish_eval, score_pairs, start_eval
+    from seesr.io import DEFAULT_MAX_OUTPUT_PIXELS, probe_image
+    from seesr.metrics.evaluate import finish_eval, load_models, score_pairs, start_eval
     from seesr.metrics.report import terminal_table, write_csv, write_json, write_markdown, write_plot
 
     def plan() -> tuple[Any, list[Any], list[int]]:
@@ -89,7 +89,7 @@ def _score_images(args: argparse.Namespace, world: Any) -> int:
             strip_suffixes=args.strip_suffix,
         )
         costs = (
-            [probe_image(sr, max_pixels=_MAX_PIXELS).pixels for _, sr, _ in pairs]
+            [probe_image(sr, max_pixels=DEFAULT_MAX_OUTPUT_PIXELS).pixels for _, sr, _ in pairs]
             if world.is_distributed
             else []
         )
@@ -98,12 +98,13 @@ def _score_images(args: argparse.Namespace, world: Any) -> int:
     # rank 0 pairs the files once; its plan (or its error) reaches every rank
     result, pairs, costs = world.plan_on_main(plan)
     mine = world.share_jobs(range(len(pairs)), costs)
-    share = score_pairs(result, pairs, mine, device=args.device, progress=world.is_main)
+    # each host's first rank loads (and on a first run downloads) the learned metrics before the others
+    loaded = world.run_on_local_rank0_first(lambda: load_models(result, args.device))
+    share = score_pairs(result, pairs, mine, device=args.device, progress=world.is_main, loaded=loaded)
     shares = world.gather_at_end(share)  # one collective, after the loop
     if not world.is_main:
-        return (
-            0  # the run's verdict is rank 0's exit code (an early non-zero exit would make torchrun stop it)
-        )
+        # the run's verdict is rank 0's exit code (an early non-zero exit would make torchrun stop rank 0)
+        return 0
     result = finish_eval(result, pairs, shares, device=args.device)  # means and FID: rank 0, once
     if world.is_distributed:
         counts = ", ".join(f"{r}: {len(s.per_image)}" for r, s in enumerate(shares))

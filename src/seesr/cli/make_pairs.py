@@ -133,8 +133,7 @@ def _run(args: argparse.Namespace, world: Any) -> int:
             f"{r}: {m} written, {f} failed" for r, (m, f) in enumerate(per_rank)
         )
     if not world.is_main:
-        return (
-            0  # the run's verdict is rank 0's exit code (an early non-zero exit would make torchrun stop it)
-        )
+        # the run's verdict is rank 0's exit code (an early non-zero exit would make torchrun stop rank 0)
+        return 0
     print(summary)
     return 1 if failed else 0

@@ -204,23 +204,13 @@ def start_eval(
     return result, pairs
 
 
-def score_pairs(
-    result: EvalResult,
-    pairs: Sequence[tuple[str, Path, Path | None]],
-    indices: Sequence[int] | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-) -> ShareScores:
-    """The per-image metrics of ``result.metrics`` on ``pairs[i]`` for ``i`` in ``indices`` (default: all).
+def load_models(result: EvalResult, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
+    """The pyiqa models of the per-image learned metrics of ``result``, and metric -> reason for those that
+    cannot load (pyiqa missing, weights unavailable). FID's network is left to :func:`finish_eval`."""
+    from seesr.metrics import learned
 
-    A metric that cannot load, or fails on an image, is recorded in ``failures`` and not run further; the other
-    metrics go on. FID (folder-level) is left to :func:`finish_eval`.
-    """
-    from seesr.metrics import fidelity, learned
-
-    crop_border = int(result.protocol["crop_border"])
-    share = ShareScores()
     models: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
     for spec in result.metrics:
         if spec.pyiqa_name is None or spec.kind == "dist":
             continue
@@ -229,7 +219,29 @@ def score_pairs(
         except learned.MetricUnavailableError as err:
             # reported by the caller (the CLI prints result.failures); debug here to avoid printing twice
             logger.debug("%s", err)
-            share.failures[spec.name] = (-1, str(err))
+            unavailable[spec.name] = str(err)
+    return models, unavailable
+
+
+def score_pairs(
+    result: EvalResult,
+    pairs: Sequence[tuple[str, Path, Path | None]],
+    indices: Sequence[int] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    loaded: tuple[dict[str, Any], dict[str, str]] | None = None,
+) -> ShareScores:
+    """The per-image metrics of ``result.metrics`` on ``pairs[i]`` for ``i`` in ``indices`` (default: all).
+
+    ``loaded`` is :func:`load_models`' result (default: load them here). A metric that cannot load, or fails on
+    an image, is recorded in ``failures`` and not run further; the other metrics go on. FID (folder-level) is
+    left to :func:`finish_eval`.
+    """
+    from seesr.metrics import fidelity, learned
+
+    crop_border = int(result.protocol["crop_border"])
+    models, unavailable = load_models(result, device) if loaded is None else loaded
+    share = ShareScores(failures={name: (-1, msg) for name, msg in unavailable.items()})
     specs = [
         s
         for s in result.metrics
