@@ -103,7 +103,7 @@ def test_make_pairs_tagger_callable_writes_tag_folder(gt_dir, tmp_path):
 
     out = tmp_path / "t"
     stats = make_pairs([gt_dir], out, seed=1, mode="dape", batch_size=2, tagger=tagger, progress=False)
-    assert stats == {"total": 2, "made": 2, "skipped": 0}
+    assert stats == {"total": 2, "made": 2, "skipped": 0, "failed": 0}
     assert seen == [(2, 3, 512, 512)]
     assert (out / "tag" / "0000002.txt").read_text() == "tag1, photo,"  # official "tags," format, in tag/
     ds = PairedFolderDataset(out, keys=("gt", "sr_bicubic", "tag"))

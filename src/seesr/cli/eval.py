@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -64,19 +65,50 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def _run_images(args: argparse.Namespace) -> int:
+    from seesr.run.distributed import session
+
+    with session(args.device) as world:  # torchrun/accelerate: each rank scores its share of the images
+        args.device = world.device or "cpu"
+        return _score_images(args, world)
+
+
+def _score_images(args: argparse.Namespace, world: Any) -> int:
     from pathlib import Path
 
-    from seesr.metrics.evaluate import evaluate_dirs
+    from seesr.io import DEFAULT_MAX_OUTPUT_PIXELS, probe_image
+    from seesr.metrics.evaluate import finish_eval, load_models, score_pairs, start_eval
     from seesr.metrics.report import terminal_table, write_csv, write_json, write_markdown, write_plot
 
-    result = evaluate_dirs(
-        args.sr,
-        args.gt,
-        metrics=args.metrics,
-        crop_border=args.crop_border,
-        device=args.device,
-        strip_suffixes=args.strip_suffix,
-    )
+    def plan() -> tuple[Any, list[Any], list[int]]:
+        result, pairs = start_eval(
+            args.sr,
+            args.gt,
+            metrics=args.metrics,
+            crop_border=args.crop_border,
+            device=args.device,
+            strip_suffixes=args.strip_suffix,
+        )
+        costs = (
+            [probe_image(sr, max_pixels=DEFAULT_MAX_OUTPUT_PIXELS).pixels for _, sr, _ in pairs]
+            if world.is_distributed
+            else []
+        )
+        return result, pairs, costs
+
+    # rank 0 pairs the files once; its plan (or its error) reaches every rank
+    result, pairs, costs = world.plan_on_main(plan)
+    mine = world.share_jobs(range(len(pairs)), costs)
+    # each host's first rank loads (and on a first run downloads) the learned metrics before the others
+    loaded = world.run_on_local_rank0_first(lambda: load_models(result, args.device))
+    share = score_pairs(result, pairs, mine, device=args.device, progress=world.is_main, loaded=loaded)
+    shares = world.gather_at_end(share)  # one collective, after the loop
+    if not world.is_main:
+        # the run's verdict is rank 0's exit code (an early non-zero exit would make torchrun stop rank 0)
+        return 0
+    result = finish_eval(result, pairs, shares, device=args.device)  # means and FID: rank 0, once
+    if world.is_distributed:
+        counts = ", ".join(f"{r}: {len(s.per_image)}" for r, s in enumerate(shares))
+        print(f"seesr eval: {len(pairs)} images scored; per rank: {counts}", file=sys.stderr)
     print(terminal_table(result))
     if args.out:
         out = Path(args.out)

@@ -76,31 +76,64 @@ def _ram_tagger(args: argparse.Namespace, device: Any) -> Callable[[Any], list[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from seesr.run.distributed import session
 
-    from seesr.data.make_pairs import make_pairs
+    with session(args.device) as world:  # torchrun/accelerate: each rank makes its share of the pairs
+        return _run(args, world)
+
+
+def _run(args: argparse.Namespace, world: Any) -> int:
+    from seesr.data.make_pairs import plan_pairs, write_pairs
     from seesr.data.realesrgan import load_degradation_config
     from seesr.pipeline.devices import resolve_device
 
-    device = resolve_device(args.device)  # the one resolver (cuda > mps > cpu for "auto")
+    device = resolve_device(world.device)  # the one resolver (cuda > mps > cpu for "auto"); per rank
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     for d in args.gt:
         if not Path(d).is_dir():
             raise FileNotFoundError(f"--gt folder not found: {d}")
     config = load_degradation_config(args.config, preset=args.preset)
-    tagger = _ram_tagger(args, device) if args.tagger_ram is not None else None
-    if tagger is None and any(v is not None for v in (args.tag_list, args.thresholds, args.tagger_dape)):
+    if args.tagger_ram is None and any(
+        v is not None for v in (args.tag_list, args.thresholds, args.tagger_dape)
+    ):
         raise ValueError("--tag-list/--thresholds/--tagger-dape need --tagger-ram")
-    stats = make_pairs(
-        args.gt,
-        args.out,
-        seed=args.seed,
-        epochs=args.epochs,
-        mode=args.mode,
-        device=device,
-        batch_size=args.batch_size,
-        config=config,
-        tagger=tagger,
-        limit=args.limit,
-        progress=not args.no_progress,
+    tagger = _ram_tagger(args, device) if args.tagger_ram is not None else None
+    # rank 0 lists the images and the missing pairs once; its plan (or its error) reaches every rank
+    plan = world.plan_on_main(
+        lambda: plan_pairs(
+            args.gt,
+            args.out,
+            seed=args.seed,
+            epochs=args.epochs,
+            mode=args.mode,
+            config=config,
+            tags=tagger is not None,
+            limit=args.limit,
+        )
     )
-    print(f"make-pairs: {stats['made']} pair(s) written, {stats['skipped']} already present, in {args.out}")
-    return 0
+    world.check_shared_folder(args.out)
+    # pair n's draws depend on (seed, n) only, so a rank makes exactly the files one process would
+    mine = world.share_jobs(plan.todo, plan.costs, unit="pairs")
+    done = write_pairs(
+        plan,
+        mine,
+        device=str(device),
+        batch_size=args.batch_size,
+        tagger=tagger,
+        progress=not args.no_progress and world.is_main,
+    )
+    per_rank = world.gather_at_end((done["made"], done["failed"]))  # one collective, after the loop
+    made, failed = sum(m for m, _ in per_rank), sum(f for _, f in per_rank)
+    summary = (
+        f"make-pairs: {made} pair(s) written, {plan.skipped} already present, {failed} failed, in {args.out}"
+    )
+    if world.is_distributed:
+        summary += "; per rank: " + ", ".join(
+            f"{r}: {m} written, {f} failed" for r, (m, f) in enumerate(per_rank)
+        )
+    if not world.is_main:
+        # the run's verdict is rank 0's exit code (an early non-zero exit would make torchrun stop rank 0)
+        return 0
+    print(summary)
+    return 1 if failed else 0

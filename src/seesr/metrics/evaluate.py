@@ -8,12 +8,16 @@ comparison would silently change the numbers.
 PSNR/SSIM are computed in-house (:mod:`seesr.metrics.fidelity`) with the optional border crop; the learned
 metrics and FID go through pyiqa (:mod:`seesr.metrics.learned`) on the full images. A learned metric that
 cannot be loaded is recorded in ``EvalResult.failures`` and the others still run.
+
+:func:`evaluate_dirs` is three steps that a data-parallel run (``seesr eval`` under torchrun) spreads out:
+:func:`start_eval` pairs the files (once, rank 0), :func:`score_pairs` scores any subset of the pairs with the
+per-image metrics (each rank its share), :func:`finish_eval` merges the shares in pair order and computes the
+folder-level values (the means, FID) once — the numbers are those of one process.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +157,193 @@ def _pyiqa_version() -> str | None:
         return None
 
 
+@dataclass
+class ShareScores:
+    """Per-image scores of some of the pairs (:func:`score_pairs`), to be merged by :func:`finish_eval`.
+
+    Attributes:
+        per_image: stem -> {metric name: value}.
+        failures: metric name -> (index of the first pair it failed on, -1 when it did not load; the reason).
+    """
+
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def start_eval(
+    sr_dir: str | Path,
+    gt_dir: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    crop_border: int = 0,
+    device: str = "cpu",
+    strip_suffixes: Sequence[str] = (),
+) -> tuple[EvalResult, list[tuple[str, Path, Path | None]]]:
+    """Check the arguments and pair the files: an empty :class:`EvalResult` (metrics, protocol) and the pairs.
+
+    Args and raises: as :func:`evaluate_dirs`.
+    """
+    if crop_border < 0:
+        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
+    specs = resolve_metrics(list(metrics) if metrics else None, have_gt=gt_dir is not None)
+    pairs = match_pairs(sr_dir, gt_dir, strip_suffixes)
+    result = EvalResult(
+        sr_dir=str(sr_dir),
+        gt_dir=None if gt_dir is None else str(gt_dir),
+        metrics=specs,
+        protocol={
+            "y_channel": "Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, RGB in [0,1] (BT.601)",
+            "psnr": "10*log10(1/(MSE_Y + 1e-8)), Y unrounded",
+            "ssim": "Y*255 rounded, Gaussian 11x11 sigma 1.5, valid window, no downsampling",
+            "crop_border": crop_border,
+            "pairing": "file stem" + (f" after stripping {list(strip_suffixes)}" if strip_suffixes else ""),
+            "n_images": len(pairs),
+            "pyiqa": _pyiqa_version(),
+            "device": device,
+        },
+    )
+    return result, pairs
+
+
+def load_models(result: EvalResult, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
+    """The pyiqa models of the per-image learned metrics of ``result``, and metric -> reason for those that
+    cannot load (pyiqa missing, weights unavailable). FID's network is left to :func:`finish_eval`."""
+    from seesr.metrics import learned
+
+    models: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    for spec in result.metrics:
+        if spec.pyiqa_name is None or spec.kind == "dist":
+            continue
+        try:
+            models[spec.name] = learned.load_learned_metric(spec, device)
+        except learned.MetricUnavailableError as err:
+            # reported by the caller (the CLI prints result.failures); debug here to avoid printing twice
+            logger.debug("%s", err)
+            unavailable[spec.name] = str(err)
+    return models, unavailable
+
+
+def score_pairs(
+    result: EvalResult,
+    pairs: Sequence[tuple[str, Path, Path | None]],
+    indices: Sequence[int] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    loaded: tuple[dict[str, Any], dict[str, str]] | None = None,
+) -> ShareScores:
+    """The per-image metrics of ``result.metrics`` on ``pairs[i]`` for ``i`` in ``indices`` (default: all).
+
+    ``loaded`` is :func:`load_models`' result (default: load them here). A metric that cannot load, or fails on
+    an image, is recorded in ``failures`` and not run further; the other metrics go on. FID (folder-level) is
+    left to :func:`finish_eval`.
+    """
+    from seesr.metrics import fidelity, learned
+
+    crop_border = int(result.protocol["crop_border"])
+    models, unavailable = load_models(result, device) if loaded is None else loaded
+    share = ShareScores(failures={name: (-1, msg) for name, msg in unavailable.items()})
+    specs = [
+        s
+        for s in result.metrics
+        if s.kind != "dist" and s.name not in share.failures and (s.pyiqa_name is None or s.name in models)
+    ]
+    todo = range(len(pairs)) if indices is None else indices
+    try:
+        from tqdm import tqdm
+
+        iterator: Any = tqdm(todo, desc="eval", unit="img", disable=not progress or len(todo) < 2)
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        iterator = todo
+    for index in iterator:
+        stem, sr_path, gt_path = pairs[index]
+        sr = load_rgb(sr_path)
+        gt = load_rgb(gt_path) if gt_path is not None else None
+        row: dict[str, float] = {}
+        for spec in specs:
+            if spec.name in share.failures:
+                continue
+            try:
+                if spec.name in ("psnr", "ssim"):
+                    # resolve_metrics only offers the full-reference metrics when a reference folder is given
+                    assert gt is not None
+                    full_ref = fidelity.psnr_y if spec.name == "psnr" else fidelity.ssim_y
+                    value = float(full_ref(sr, gt, crop_border)[0])
+                else:
+                    value = learned.score_batch(
+                        models[spec.name],
+                        sr.to(device),
+                        gt.to(device) if spec.needs_gt and gt is not None else None,
+                    )[0]
+            except Exception as err:  # one metric failing on one image must not stop the others
+                msg = f"{spec.label}: failed on {sr_path.name}: {type(err).__name__}: {err}".splitlines()[0]
+                logger.debug("%s", msg)
+                share.failures[spec.name] = (index, msg)
+                continue
+            row[spec.name] = value
+        share.per_image[stem] = row
+    return share
+
+
+def finish_eval(
+    result: EvalResult,
+    pairs: Sequence[tuple[str, Path, Path | None]],
+    shares: Sequence[ShareScores],
+    device: str = "cpu",
+) -> EvalResult:
+    """Merge the shares of all the pairs into ``result``: per-image rows in pair order, the means, and FID.
+
+    The outcome does not depend on how the pairs were split: rows and sums follow the pair order, and a
+    metric's failure is the one on its first failing pair (as in one pass over all of them).
+    """
+    from seesr.metrics import learned
+
+    rows: dict[str, dict[str, float]] = {}
+    failed: dict[str, tuple[int, str]] = {}
+    for share in shares:
+        rows.update(share.per_image)
+        for name, (index, msg) in share.failures.items():
+            if name not in failed or index < failed[name][0]:
+                failed[name] = (index, msg)
+    missing = [stem for stem, _, _ in pairs if stem not in rows]
+    if missing:
+        raise ValueError(f"no scores for {len(missing)} image(s), e.g. {missing[0]}: a share was lost")
+    fid = None
+    if any(s.kind == "dist" for s in result.metrics):  # FID needs every image: computed here, once
+        try:
+            extractor = learned.load_fid_extractor(device)
+        except learned.MetricUnavailableError as err:
+            logger.debug("%s", err)
+            failed["fid"] = (-1, str(err))
+        else:
+            try:
+                fid = learned.fid_files(
+                    [p for _, p, _ in pairs], [g for _, _, g in pairs if g is not None], extractor
+                )
+            except Exception as err:
+                msg = f"FID: {type(err).__name__}: {err}".splitlines()[0]
+                logger.debug("%s", msg)
+                failed["fid"] = (len(pairs), msg)
+    order = {s.name: k for k, s in enumerate(result.metrics)}
+    for name, (_, msg) in sorted(failed.items(), key=lambda kv: (kv[1][0], order[kv[0]])):
+        result.failures[name] = msg
+    result.per_image = {
+        stem: {k: v for k, v in rows[stem].items() if k not in result.failures} for stem, _, _ in pairs
+    }
+    for spec in result.metrics:
+        if spec.kind != "dist" and spec.name not in result.failures:
+            total = 0.0  # summed in pair order, as one pass over all the images
+            for stem, _, _ in pairs:
+                total += result.per_image[stem][spec.name]
+            result.aggregate[spec.name] = total / max(1, len(pairs))
+    if fid is not None:
+        result.aggregate["fid"] = fid
+    # keep the aggregate in Table 2 order
+    result.aggregate = {
+        s.name: result.aggregate[s.name] for s in result.metrics if s.name in result.aggregate
+    }
+    return result
+
+
 def evaluate_dirs(
     sr_dir: str | Path,
     gt_dir: str | Path | None = None,
@@ -178,98 +369,6 @@ def evaluate_dirs(
         ValueError: unknown metric, full-reference metric without references, missing partner, size mismatch.
         FileNotFoundError: a folder does not exist.
     """
-    from seesr.metrics import fidelity, learned
-
-    if crop_border < 0:
-        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
-    specs = resolve_metrics(list(metrics) if metrics else None, have_gt=gt_dir is not None)
-    pairs = match_pairs(sr_dir, gt_dir, strip_suffixes)
-    result = EvalResult(
-        sr_dir=str(sr_dir),
-        gt_dir=None if gt_dir is None else str(gt_dir),
-        metrics=specs,
-        protocol={
-            "y_channel": "Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, RGB in [0,1] (BT.601)",
-            "psnr": "10*log10(1/(MSE_Y + 1e-8)), Y unrounded",
-            "ssim": "Y*255 rounded, Gaussian 11x11 sigma 1.5, valid window, no downsampling",
-            "crop_border": crop_border,
-            "pairing": "file stem" + (f" after stripping {list(strip_suffixes)}" if strip_suffixes else ""),
-            "n_images": len(pairs),
-            "pyiqa": _pyiqa_version(),
-            "device": device,
-        },
-    )
-
-    models: dict[str, Any] = {}
-    fid_extractor = None
-    for spec in specs:
-        if spec.pyiqa_name is None:
-            continue
-        try:
-            if spec.kind == "dist":
-                fid_extractor = learned.load_fid_extractor(device)
-            else:
-                models[spec.name] = learned.load_learned_metric(spec, device)
-        except learned.MetricUnavailableError as err:
-            # reported by the caller (the CLI prints result.failures); debug here to avoid printing twice
-            logger.debug("%s", err)
-            result.failures[spec.name] = str(err)
-
-    per_image_specs = [
-        s
-        for s in specs
-        if s.kind != "dist" and s.name not in result.failures and (s.pyiqa_name is None or s.name in models)
-    ]
-    sums: dict[str, float] = {}
-    try:
-        from tqdm import tqdm
-
-        iterator: Any = tqdm(pairs, desc="eval", unit="img", disable=len(pairs) < 2)
-    except ImportError:  # pragma: no cover - tqdm is a core dependency
-        iterator = pairs
-    for stem, sr_path, gt_path in iterator:
-        sr = load_rgb(sr_path)
-        gt = load_rgb(gt_path) if gt_path is not None else None
-        row: dict[str, float] = {}
-        for spec in per_image_specs:
-            if spec.name in result.failures:
-                continue
-            try:
-                if spec.name in ("psnr", "ssim"):
-                    # resolve_metrics only offers the full-reference metrics when a reference folder is given
-                    assert gt is not None
-                    full_ref = fidelity.psnr_y if spec.name == "psnr" else fidelity.ssim_y
-                    value = float(full_ref(sr, gt, crop_border)[0])
-                else:
-                    model = models[spec.name]
-                    value = learned.score_batch(
-                        model, sr.to(device), gt.to(device) if spec.needs_gt and gt is not None else None
-                    )[0]
-            except Exception as err:  # one metric failing on one image must not stop the others
-                msg = f"{spec.label}: failed on {sr_path.name}: {type(err).__name__}: {err}".splitlines()[0]
-                logger.debug("%s", msg)
-                result.failures[spec.name] = msg
-                continue
-            row[spec.name] = value
-            sums[spec.name] = sums.get(spec.name, 0.0) + value
-        result.per_image[stem] = row
-
-    for spec in per_image_specs:
-        if spec.name not in result.failures:
-            result.aggregate[spec.name] = sums.get(spec.name, math.nan) / max(1, len(pairs))
-    for stem in result.per_image:  # drop partial columns of metrics that failed midway
-        for name in result.failures:
-            result.per_image[stem].pop(name, None)
-
-    if fid_extractor is not None:
-        try:
-            result.aggregate["fid"] = learned.fid_files(
-                [p for _, p, _ in pairs], [g for _, _, g in pairs if g is not None], fid_extractor
-            )
-        except Exception as err:
-            msg = f"FID: {type(err).__name__}: {err}".splitlines()[0]
-            logger.debug("%s", msg)
-            result.failures["fid"] = msg
-    # keep the aggregate in Table 2 order
-    result.aggregate = {s.name: result.aggregate[s.name] for s in specs if s.name in result.aggregate}
-    return result
+    result, pairs = start_eval(sr_dir, gt_dir, metrics, crop_border, device, strip_suffixes)
+    share = score_pairs(result, pairs, device=device)
+    return finish_eval(result, pairs, [share], device=device)

@@ -8,9 +8,11 @@ back from their JSON files). Numbers use the paper's precision (PSNR, FID, MUSIQ
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,16 +49,28 @@ def terminal_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it: a killed run leaves no half report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_csv(result: EvalResult, path: str | Path) -> Path:
     """One row per image plus a final ``mean`` row (FID only there); columns in Table 2 order."""
     path = Path(path)
     names = [s.name for s in result.metrics if s.name in result.aggregate]
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", *names])
-        for stem, row in result.per_image.items():
-            w.writerow([stem, *("" if n not in row else repr(row[n]) for n in names)])
-        w.writerow(["mean", *(repr(result.aggregate[n]) for n in names)])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", *names])
+    for stem, row in result.per_image.items():
+        w.writerow([stem, *("" if n not in row else repr(row[n]) for n in names)])
+    w.writerow(["mean", *(repr(result.aggregate[n]) for n in names)])
+    _write_atomic(path, buf.getvalue())
     return path
 
 
@@ -74,7 +88,7 @@ def write_json(result: EvalResult, path: str | Path, dataset: str = "", method: 
     """The full result (aggregate, per image, failures, protocol) as JSON; NaN becomes null."""
     path = Path(path)
     data = {"dataset": dataset, "method": method, **result.as_dict()}
-    path.write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_atomic(path, json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -118,7 +132,7 @@ def write_markdown(result: EvalResult, path: str | Path, dataset: str = "", meth
     parts += [f"- {k}: {v}" for k, v in result.protocol.items()]
     if result.failures:
         parts += ["", "## Not computed", ""] + [f"- {v}" for v in result.failures.values()]
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    _write_atomic(path, "\n".join(parts) + "\n")
     return path
 
 

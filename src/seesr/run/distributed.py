@@ -190,13 +190,33 @@ class World:
         dist.all_gather_object(out, value, group=self._finish)
         return out
 
-    def share_jobs(self, jobs: Sequence[T], costs: Sequence[float]) -> list[T]:
+    def plan_on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 alone and return its result on every rank (a collective: all ranks call it).
+
+        When ``fn`` raises on rank 0, every rank raises the same exception (the usage errors of a run: a
+        missing folder, settings that differ from a resumed run), instead of the others waiting for a
+        broadcast that never comes.
+        """
+        if not self.is_distributed:
+            return fn()
+        outcome: tuple[bool, Any] = (True, None)
+        if self.is_main:
+            try:
+                outcome = (True, fn())
+            except Exception as err:  # sent to the other ranks, then raised here too
+                outcome = (False, err if _picklable(err) else RuntimeError(str(err)))
+        ok, value = self.broadcast(outcome)
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def share_jobs(self, jobs: Sequence[T], costs: Sequence[float], *, unit: str = "images") -> list[T]:
         """Broadcast rank 0's job list and return this rank's balanced share (see :func:`balanced_shards`)."""
         if not self.is_distributed:
             return list(jobs)
         jobs, costs = self.broadcast((list(jobs), list(costs)))
         mine = balanced_shards(costs, self.world_size)[self.rank]
-        logger.info("rank %d/%d: %d of %d images", self.rank, self.world_size, len(mine), len(jobs))
+        logger.info("rank %d/%d: %d of %d %s", self.rank, self.world_size, len(mine), len(jobs), unit)
         return [jobs[i] for i in mine]
 
     def run_on_local_rank0_first(self, fn: Callable[[], T]) -> T:
@@ -284,6 +304,16 @@ class GroupReducer:
         host = tensor.cpu()  # gloo has no MPS tensors: sum on the host
         dist.all_reduce(host, op=dist.ReduceOp.SUM)
         tensor.copy_(host)
+
+
+def _picklable(value: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 _current = World()

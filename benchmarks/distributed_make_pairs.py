@@ -1,0 +1,90 @@
+"""Wall time of `seesr make-pairs` with 1 process vs N processes (torchrun, gloo, CPU degradation).
+
+The GT images are the degradation fixtures (../shared/fixtures/degradation/gt, eight photos), made into
+``images x epochs`` pairs of 512² GT / 128² LR. Every process runs at the same thread count (OMP_NUM_THREADS, 1 by
+default, what torchrun sets), so the N-process run does the same arithmetic and writes the same bytes (checked).
+Times are whole commands (start-up included); runs alternate 1, N, 1, N ... and the table gives the best and the
+median of each with their ratios N/1, and the CPU seconds of all processes together.
+
+    python benchmarks/distributed_make_pairs.py --epochs 4 --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
+
+
+def run_once(nproc: int, gt: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process of the run)."""
+    shutil.rmtree(out, ignore_errors=True)
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    cmd = [
+        sys.executable, *launch, "-m", "seesr", "make-pairs", "--gt", str(gt), "--out", str(out),
+        "--epochs", str(args.epochs), "--device", args.device, "--no-progress",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{nproc} process(es) failed:\n{proc.stderr[-3000:]}")
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=2, help="passes over the 8 GT images")
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=2)
+    args = p.parse_args()
+
+    gt = FIXTURES / "degradation" / "gt"
+    n_img = len(list(gt.glob("*.png")))
+    with tempfile.TemporaryDirectory() as tmp:
+        times: dict[int, list[float]] = {1: [], args.nproc: []}
+        cpus: dict[int, list[float]] = {1: [], args.nproc: []}
+        for _ in range(args.repeat):
+            for n in times:
+                wall, cpu = run_once(n, gt, Path(tmp) / f"out{n}", args)
+                times[n].append(wall)
+                cpus[n].append(cpu)
+        same = tree(Path(tmp) / "out1") == tree(Path(tmp) / f"out{args.nproc}")
+    med = {n: sorted(t)[(len(t) - 1) // 2] for n, t in times.items()}
+    best = {n: min(t) for n, t in times.items()}
+    cpu = {n: sorted(t)[(len(t) - 1) // 2] for n, t in cpus.items()}
+    print(
+        f"{n_img} images x {args.epochs} epochs = {n_img * args.epochs} pairs, --device {args.device}, "
+        f"OMP_NUM_THREADS={args.threads}, {args.repeat} runs each, {os.cpu_count()} CPUs"
+    )
+    print("| processes | wall, best | ratio | wall, median | ratio | all runs (s) | CPU s (median) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, t in times.items():
+        runs = ", ".join(f"{x:.1f}" for x in t)
+        print(
+            f"| {n} | {best[n]:.1f} s | {best[n] / best[1]:.2f}x | {med[n]:.1f} s | {med[n] / med[1]:.2f}x "
+            f"| {runs} | {cpu[n]:.1f} |"
+        )
+    print(f"outputs byte-identical: {same}")
+
+
+if __name__ == "__main__":
+    main()
