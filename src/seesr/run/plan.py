@@ -292,7 +292,9 @@ def plan_image(
     unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * images * s)
     # the ControlNet's condition embedding, cached per latent tile for the whole loop (denoise.cond_cache_bytes)
     cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s * images
-    done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)  # finished results held until the batch returns
+    done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)
+    # a band is about 1 Mpx of rows (pipeline.postprocess.BAND_PIXELS): an image smaller than that is one band
+    band = min(POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20))  # finished results held until the batch returns
     stages = {
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + cond_cache + unet,
@@ -301,7 +303,7 @@ def plan_image(
         + lr_up
         + done
         + int(FULL_RES_ARRAYS * 12 * max(n_px, target_px))
-        + POSTPROCESS_BAND_BYTES,
+        + band,
     }
     weights = footprint.weights_bytes(s)
     peak_act = max(stages.values())
@@ -310,7 +312,7 @@ def plan_image(
     else:
         device = weights + peak_act
         # the condition image stays on the host; the result is filled there band by band
-        post = lr_up + int(OUTPUT_ARRAYS * 12 * target_px) + POSTPROCESS_BAND_BYTES
+        post = lr_up + int(OUTPUT_ARRAYS * 12 * target_px) + band
         host = baseline + RUNTIME_OVERHEAD + image_in + post
     r = rates or rough_rates(device_type, footprint.unet_width)
     steps = sampling.num_inference_steps
