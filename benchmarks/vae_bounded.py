@@ -99,6 +99,7 @@ def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int], metho
         peak = 2.0 if part == "decode" else float(plain.max() - plain.min())
         d_ex = deviation(exact, plain, peak)
         runs = [(m, 1) for m in methods if m != "sampled"]
+        runs += [("spill", k) for k in live if k > 1] if "spill" in methods else []  # k - 1 kept in memory
         runs += [("sampled", k) for k in live] if "sampled" in methods else []
         for method, k in runs:
             b_stats: list = []
