@@ -29,6 +29,7 @@ licence), which the official SeeSR inference uses; reproducing its tile boxes is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -453,22 +454,10 @@ def _execute(
     finish: Callable[[Tensor], Tensor] | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    if mode == "exact":
-        return _run_tiled(
-            ops,
-            x,
-            tiles,
-            out_hw,
-            is_decoder=is_decoder,
-            out_dtype=out_dtype,
-            offload_device=offload_device,
-            scale=scale,
-            stats_out=stats_out,
-            finish=finish,
-            prepare=prepare,
-        )
-    if stats_method == "spill":  # the exact algorithm, tiles parked in files: exact output, bounded memory
-        with TileSpill(keep_in_memory=live_tiles - 1) as spill:
+    if mode == "exact" or stats_method == "spill":
+        # "spill": the exact algorithm with the tiles parked in files: exact output, bounded memory
+        spilling = mode != "exact"
+        with TileSpill(keep_in_memory=live_tiles - 1) if spilling else contextlib.nullcontext() as spill:
             return _run_tiled(
                 ops,
                 x,
@@ -476,7 +465,7 @@ def _execute(
                 out_hw,
                 is_decoder=is_decoder,
                 out_dtype=out_dtype,
-                offload_device=None,
+                offload_device=None if spilling else offload_device,
                 scale=scale,
                 stats_out=stats_out,
                 spill=spill,

@@ -294,16 +294,14 @@ def plan_image(
     cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s * images
     done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)
     # a band is about 1 Mpx of rows (pipeline.postprocess.BAND_PIXELS): an image smaller than that is one band
-    band = min(POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20))  # finished results held until the batch returns
+    band = min(
+        POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20)
+    )  # finished results held until the batch returns
     stages = {
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + cond_cache + unet,
         "vae_decode": image_in + lr_up + dec + done,
-        "color_fix_resize": image_in
-        + lr_up
-        + done
-        + int(FULL_RES_ARRAYS * 12 * max(n_px, target_px))
-        + band,
+        "color_fix_resize": image_in + lr_up + done + int(FULL_RES_ARRAYS * 12 * max(n_px, target_px)) + band,
     }
     weights = footprint.weights_bytes(s)
     peak_act = max(stages.values())
