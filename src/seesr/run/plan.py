@@ -292,11 +292,9 @@ def plan_image(
     unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * images * s)
     # the ControlNet's condition embedding, cached per latent tile for the whole loop (denoise.cond_cache_bytes)
     cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s * images
-    done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)
+    done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)  # finished results held until the batch returns
     # a band is about 1 Mpx of rows (pipeline.postprocess.BAND_PIXELS): an image smaller than that is one band
-    band = min(
-        POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20)
-    )  # finished results held until the batch returns
+    band = min(POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20))
     stages = {
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + cond_cache + unet,
