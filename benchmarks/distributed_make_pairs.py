@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _alternating import alternate, print_table
+
 HERE = Path(__file__).resolve().parent
 FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
 
@@ -60,29 +62,15 @@ def main() -> None:
     gt = FIXTURES / "degradation" / "gt"
     n_img = len(list(gt.glob("*.png")))
     with tempfile.TemporaryDirectory() as tmp:
-        times: dict[int, list[float]] = {1: [], args.nproc: []}
-        cpus: dict[int, list[float]] = {1: [], args.nproc: []}
-        for _ in range(args.repeat):
-            for n in times:
-                wall, cpu = run_once(n, gt, Path(tmp) / f"out{n}", args)
-                times[n].append(wall)
-                cpus[n].append(cpu)
+        times, cpus = alternate(
+            lambda n: run_once(n, gt, Path(tmp) / f"out{n}", args), args.nproc, args.repeat
+        )
         same = tree(Path(tmp) / "out1") == tree(Path(tmp) / f"out{args.nproc}")
-    med = {n: sorted(t)[(len(t) - 1) // 2] for n, t in times.items()}
-    best = {n: min(t) for n, t in times.items()}
-    cpu = {n: sorted(t)[(len(t) - 1) // 2] for n, t in cpus.items()}
     print(
         f"{n_img} images x {args.epochs} epochs = {n_img * args.epochs} pairs, --device {args.device}, "
         f"OMP_NUM_THREADS={args.threads}, {args.repeat} runs each, {os.cpu_count()} CPUs"
     )
-    print("| processes | wall, best | ratio | wall, median | ratio | all runs (s) | CPU s (median) |")
-    print("|---|---|---|---|---|---|---|")
-    for n, t in times.items():
-        runs = ", ".join(f"{x:.1f}" for x in t)
-        print(
-            f"| {n} | {best[n]:.1f} s | {best[n] / best[1]:.2f}x | {med[n]:.1f} s | {med[n] / med[1]:.2f}x "
-            f"| {runs} | {cpu[n]:.1f} |"
-        )
+    print_table(times, cpus)
     print(f"outputs byte-identical: {same}")
 
 

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _alternating import alternate, print_table
+
 HERE = Path(__file__).resolve().parent
 FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
 
@@ -86,32 +88,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         make_inputs(src, args.images, args.size)
-        times: dict[int, list[float]] = {1: [], args.nproc: []}
-        cpus: dict[int, list[float]] = {1: [], args.nproc: []}
-        for _ in range(args.repeat):
-            for n in times:
-                wall, cpu = run_once(n, src, Path(tmp) / f"out{n}", args)
-                times[n].append(wall)
-                cpus[n].append(cpu)
+        times, cpus = alternate(
+            lambda n: run_once(n, src, Path(tmp) / f"out{n}", args), args.nproc, args.repeat
+        )
         same = all(
             (Path(tmp) / "out1" / f.name).read_bytes() == f.read_bytes()
             for f in (Path(tmp) / f"out{args.nproc}").glob("*.png")
         )
-    med = {n: sorted(t)[(len(t) - 1) // 2] for n, t in times.items()}
-    best = {n: min(t) for n, t in times.items()}
-    cpu = {n: sorted(t)[(len(t) - 1) // 2] for n, t in cpus.items()}
     print(
         f"{args.images} images {args.size}x{args.size}, --process-size {args.process_size}, --steps "
         f"{args.steps}, OMP_NUM_THREADS={args.threads}, {args.repeat} runs each"
     )
-    print("| processes | wall, best | ratio | wall, median | ratio | all runs (s) | CPU s (median) |")
-    print("|---|---|---|---|---|---|---|")
-    for n, t in times.items():
-        runs = ", ".join(f"{x:.1f}" for x in t)
-        print(
-            f"| {n} | {best[n]:.1f} s | {best[n] / best[1]:.2f}x | {med[n]:.1f} s | {med[n] / med[1]:.2f}x "
-            f"| {runs} | {cpu[n]:.1f} |"
-        )
+    print_table(times, cpus)
     print(f"outputs byte-identical: {same}")
 
 

@@ -226,29 +226,6 @@ def test_pipeline_bounded_mode_equals_exact(fixtures_dir):
 @pytest.mark.parametrize(
     ("mode", "stats"), [("exact", "spill"), ("bounded", "spill"), ("bounded", "recompute")]
 )
-def test_decoder_finish_stores_each_tile_mapped(mode, stats, tmp_path, monkeypatch):
-    """``finish`` maps every crop before it is stored: the result equals mapping the float output afterwards,
-    and the full-size float output is never assembled (its dtype is the map's)."""
-    from seesr.pipeline.color_fix import to_uint8
-
-    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path))
-    vae = _micro_vae()
-    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-
-    def to_u8(x: torch.Tensor) -> torch.Tensor:
-        return to_uint8((x.float() / 2 + 0.5).clamp(0, 1), rounding="round")
-
-    with torch.no_grad():
-        plain = tiled_decode(vae.decoder, z, 4, pad=2, mode=mode, stats_method=stats)
-        mapped = tiled_decode(vae.decoder, z, 4, pad=2, mode=mode, stats_method=stats, finish=to_u8)
-        untiled = tiled_decode(vae.decoder, z, 64, finish=to_u8)  # the plain forward path maps too
-    assert mapped.dtype == torch.uint8 and torch.equal(mapped, to_u8(plain))
-    assert untiled.dtype == torch.uint8 and untiled.shape == mapped.shape
-
-
-@pytest.mark.parametrize(
-    ("mode", "stats"), [("exact", "spill"), ("bounded", "spill"), ("bounded", "recompute")]
-)
 def test_encoder_prepare_maps_each_tile_input(mode, stats, tmp_path, monkeypatch):
     """``prepare`` maps every tile's crop of the input when it first runs: uint8 codes in, the same result as
     encoding the whole float image (so the full-size float input need not exist)."""

@@ -201,7 +201,6 @@ def run_bounded(
     live_tiles: int,
     stats_method: str = "recompute",
     stats_out: list[GroupStats] | None = None,
-    finish: Callable[[Tensor], Tensor] | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Tiled forward in bounded memory: sampled statistics first, then one tile at a time into the output.
@@ -217,7 +216,6 @@ def run_bounded(
         stats_method: ``"recompute"`` (exact statistics, one tile alive, about L/2 extra passes) or
             ``"sampled"`` (statistics of at most ``live_tiles`` synchronised tiles, one extra partial pass).
         stats_out: if given, the statistics the output pass used are appended (for measurements).
-        finish: elementwise map of every finished crop before it is stored (see ``tiled_decode``).
         prepare: elementwise map of every tile's input crop (see ``tiled_encode``).
 
     Returns:
@@ -236,7 +234,6 @@ def run_bounded(
         with LIVE_TILES.tile():
             h = _run_one(ops, _crop(x, tile, prepare), stats)
             piece = _valid_crop(h, tile, is_decoder=is_decoder, scale=scale)
-            piece = finish(piece) if finish is not None else piece
             if result is None:
                 shape = (x.shape[0], piece.shape[1], *out_hw)
                 result = torch.empty(shape, dtype=out_dtype or piece.dtype, device=piece.device)

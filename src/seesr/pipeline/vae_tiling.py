@@ -319,7 +319,6 @@ def _run_tiled(
     scale: int = _VAE_SCALE,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
     spill: TileSpill | None = None,
-    finish: Callable[[Tensor], Tensor] | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The GroupNorm-synchronised tiled forward; ``spill`` keeps the tiles' activations in files between turns
@@ -375,7 +374,6 @@ def _run_tiled(
                 if out_hw == (0, 0):  # statistics only (the bounded mode's sampling pass)
                     continue
                 piece = _valid_crop(h, tiles[t], is_decoder=is_decoder, scale=scale)
-                piece = finish(piece) if finish is not None else piece
                 if result is None:
                     shape = (x.shape[0], piece.shape[1], *out_hw)
                     result = torch.zeros(shape, dtype=out_dtype or piece.dtype, device=piece.device)
@@ -451,7 +449,6 @@ def _execute(
     stats_method: str,
     live_tiles: int,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None,
-    finish: Callable[[Tensor], Tensor] | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     if mode == "exact" or stats_method == "spill":
@@ -469,7 +466,6 @@ def _execute(
                 scale=scale,
                 stats_out=stats_out,
                 spill=spill,
-                finish=finish,
                 prepare=prepare,
             )
     from seesr.pipeline.vae_bounded import run_bounded  # vae_bounded builds on this module
@@ -485,7 +481,6 @@ def _execute(
         stats_method=stats_method,
         live_tiles=live_tiles,
         stats_out=stats_out,
-        finish=finish,
         prepare=prepare,
     )
 
@@ -576,7 +571,6 @@ def tiled_decode(
     stats_method: str = "spill",
     live_tiles: int = 4,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
-    finish: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Decode with the official tiled-VAE algorithm (or the plain forward when the latent is small).
 
@@ -596,11 +590,9 @@ def tiled_decode(
         live_tiles: bounded mode: most tiles alive at once ("spill": the one running plus ``live_tiles - 1``
             kept in memory between turns; "sampled": the tiles sampled for the statistics; "recompute": 1).
         stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
-        finish: an elementwise map applied to every finished tile's crop before it is stored (e.g. to uint8 on
-            the CPU), so the full-size output exists only in its result dtype; the result has its dtype/device.
 
     Returns:
-        ``(B, 3, 8h, 8w)`` image in about ``[-1, 1]`` (unclamped decoder output), or ``finish`` of it.
+        ``(B, 3, 8h, 8w)`` image in about ``[-1, 1]`` (unclamped decoder output).
 
     Raises:
         ValueError: if ``z`` is not 4-D or the decoder has an unsupported structure.
@@ -611,7 +603,6 @@ def tiled_decode(
     h, w = z.shape[-2:]
     if not decoder_needs_tiling(h, w, tile_size, pad):
         out = decoder(z)
-        out = finish(out) if finish is not None else out
         return out if out_dtype is None else out.to(out_dtype)
     scale = _sampling_factor(cast(nn.ModuleList, decoder.up_blocks), "upsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=True, scale=scale)
@@ -631,5 +622,4 @@ def tiled_decode(
         stats_method=stats_method,
         live_tiles=live_tiles,
         stats_out=stats_out,
-        finish=finish,
     )
