@@ -208,3 +208,53 @@ def test_bf16_pipeline_keeps_dape_in_fp32_and_returns_float32(tiny_weights_dir, 
     result = pipe16(lr, SamplingConfig(num_inference_steps=2, process_size=64), show_progress=False)
     assert result.image.dtype == torch.float32 and bool(torch.isfinite(result.image).all())
     assert result.settings["dtype"] == "bfloat16"
+
+
+def test_decoder_hands_over_uint8_codes_on_the_8bit_chain(pipe, lr, monkeypatch):
+    """Without a trace the tiled decoder writes the output's uint8 codes tile by tile; the image is the same
+    bytes as the traced run, which finishes the float decoder output."""
+    from seesr.config import TilingConfig
+    from seesr.pipeline import pipeline as pl
+
+    lr8 = torch.round(lr * 255) / 255  # an 8-bit image
+    seen: list[torch.dtype] = []
+    original = pl.finish_image
+
+    def spy(decoded, *args, **kwargs):
+        seen.append(decoded.dtype)
+        return original(decoded, *args, **kwargs)
+
+    monkeypatch.setattr(pl, "finish_image", spy)
+    sampling = SamplingConfig(num_inference_steps=1, process_size=64)
+    tiling = TilingConfig(vae_decoder_tile_size=8)  # the 24x32 latent in several decoder tiles
+    plain = pipe(lr8, sampling, tiling, show_progress=False).image
+    traced = pipe(lr8, sampling, tiling, show_progress=False, return_trace=True).image
+    assert seen == [torch.uint8, torch.float32]
+    assert torch.equal(plain, traced)
+
+
+def test_one_step_keeps_no_condition_embeddings(pipe, lr):
+    """The per-tile condition embedding is cached for later steps only: one step recomputes nothing and keeps
+    nothing (the cache would be memory without reuse); the noise prediction is the same either way."""
+    from seesr.config import TilingConfig
+    from seesr.pipeline.denoise import GuidedDenoiser
+
+    sampling = SamplingConfig(num_inference_steps=1, process_size=64)
+    tiling = TilingConfig(latent_tile_size=16, latent_tile_overlap=4)
+    cond = torch.round(torch.nn.functional.interpolate(lr, scale_factor=4) * 255).to(torch.uint8)
+    h, w = cond.shape[-2] // 8, cond.shape[-1] // 8
+    text = torch.randn(
+        2, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(0)
+    )
+    latents = torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor(999)
+    scheduler = schedulers.build_scheduler(pipe.scheduler.config, "ddpm", "trailing")
+    eps = {}
+    for keep in (True, False):
+        den = GuidedDenoiser(
+            pipe.unet, pipe.controlnet, cond, text, None, sampling, tiling, (h, w), cache_cond=keep
+        )
+        with torch.no_grad():
+            eps[keep] = den(latents, t, scheduler)
+        assert (den.cache_bytes() > 0) is keep
+    assert torch.equal(eps[True], eps[False])

@@ -64,9 +64,11 @@ def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
     big = plan_image((4000, 3000), sampling, tight.tiling, budget=100 * GIB, **kw)
     exact_big = plan_image((4000, 3000), sampling, roomy.tiling, budget=100 * GIB, **kw)
 
-    def activations(plan, size):  # the decode stage minus the input, lr_up (uint8) and decoded-output arrays
+    def activations(
+        plan, size
+    ):  # the decode stage minus the input, lr_up and the decoder's output (uint8 codes)
         pixels = plan.processed[0] * plan.processed[1]
-        return plan.stages["vae_decode"] - size[0] * size[1] * 24 - (3 + 12) * pixels
+        return plan.stages["vae_decode"] - size[0] * size[1] * 24 - (3 + 3) * pixels
 
     huge = plan_image((8000, 6000), sampling, tight.tiling, budget=100 * GIB, **kw)
     # one full decoder tile alive, whatever the grid: 4x the pixels, the same activation bytes

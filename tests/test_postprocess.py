@@ -232,3 +232,22 @@ def test_job_writes_the_same_pixels_from_codes_as_from_floats(tmp_path, fixtures
             assert (codes.alpha is None) == (a is None)
             if a is not None:
                 assert np.array_equal(codes.alpha, floats.alpha)
+
+
+@pytest.mark.parametrize("method", ["adain", "wavelet", "none"])
+def test_finishing_the_decoder_codes_equals_finishing_the_float_output(method):
+    """On the 8-bit chain the decoder hands over its output's uint8 codes (``pipeline_codes``, a quarter of the
+    float bytes): the finished image is the same, bytes and float values alike."""
+    decoded, lr_up = _inputs(96, 80, seed=3)
+    lr = torch.round(lr_up * 255).to(torch.uint8)
+    codes = banded.pipeline_codes(decoded)
+    assert codes.dtype == torch.uint8
+    for target in ((80, 96), (123, 147)):
+        for out_dtype in (torch.float32, torch.uint8):
+            want = banded.finish_image(
+                decoded, lr, method, target, quantize=True, rows=11, out_dtype=out_dtype
+            )
+            got = banded.finish_image(codes, lr, method, target, quantize=True, rows=11, out_dtype=out_dtype)
+            assert torch.equal(got, want), (method, target, out_dtype)
+    with pytest.raises(ValueError, match="8-bit chain"):
+        banded.finish_image(codes, lr_up, method, (80, 96), quantize=False)

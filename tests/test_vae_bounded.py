@@ -246,3 +246,24 @@ def test_encoder_prepare_maps_each_tile_input(mode, stats, tmp_path, monkeypatch
         small = tiled_encode(vae.encoder, codes, 256, prepare=to_network)  # untiled path maps too
     assert torch.equal(mapped, whole)
     assert torch.equal(small, tiled_encode(vae.encoder, to_network(codes), 256))
+
+
+@pytest.mark.parametrize(
+    ("mode", "stats"), [("exact", "spill"), ("bounded", "spill"), ("bounded", "recompute")]
+)
+def test_decoder_finish_writes_each_tile_as_codes(mode, stats, tmp_path, monkeypatch):
+    """``finish`` maps every finished tile before it is written: the uint8 codes of the pipeline output, equal to
+    converting the whole float decoder output (so the full-size float output need not exist)."""
+    from seesr.pipeline.postprocess import pipeline_codes
+
+    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path))
+    vae = _micro_vae()
+    z = torch.randn(1, 4, 20, 28, generator=torch.Generator().manual_seed(5)) * 3  # overshoots [-1, 1]
+    with torch.no_grad():
+        whole = tiled_decode(vae.decoder, z, 8, pad=2, mode=mode, stats_method=stats)
+        codes = tiled_decode(vae.decoder, z, 8, pad=2, mode=mode, stats_method=stats, finish=pipeline_codes)
+        small = tiled_decode(vae.decoder, z, 64, finish=pipeline_codes)  # untiled path maps too
+    assert codes.dtype == torch.uint8 and codes.shape == whole.shape
+    assert int((codes == 0).sum()) > 0 and int((codes == 255).sum()) > 0  # both clamps exercised
+    assert torch.equal(codes, pipeline_codes(whole))
+    assert torch.equal(small, pipeline_codes(tiled_decode(vae.decoder, z, 64)))

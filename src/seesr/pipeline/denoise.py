@@ -59,6 +59,8 @@ class GuidedDenoiser:
         tiling_cfg: tiling settings (tile size, overlap, ``tile_batch``).
         latent_hw: latent ``(h, w)``.
         split: share the tiles with other processes (one all-reduce per step); None runs them all here.
+        cache_cond: keep each tile's condition embedding for the next steps (False: recompute it per step,
+            e.g. for a one-step run, where the cache would only cost memory).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class GuidedDenoiser:
         latent_hw: tuple[int, int],
         *,
         split: TileSplit | None = None,
+        cache_cond: bool = True,
     ) -> None:
         self.unet, self.controlnet, self.sampling = unet, controlnet, sampling
         self.do_cfg = sampling.guidance_scale > 1.0
@@ -92,6 +95,7 @@ class GuidedDenoiser:
         if latent_tiling.needs_tiling(h, w, tile, faithful=sampling.faithful):
             self.boxes = latent_tiling.tile_boxes(h, w, tile, overlap, faithful=sampling.faithful)
         self._cond_cache: dict[TileBox | None, torch.Tensor] = {}
+        self.cache_cond = cache_cond
         self.split = split
 
     def cache_bytes(self) -> int:
@@ -99,13 +103,17 @@ class GuidedDenoiser:
         return sum(t.numel() * t.element_size() for t in self._cond_cache.values())
 
     def _cond_embedding(self, box: TileBox | None) -> torch.Tensor:
-        """(rows·B, C0, th, tw) conditioning embedding of one tile, computed on first use."""
-        if box not in self._cond_cache:
-            c = self.cond if box is None else self.cond[..., 8 * box.y0 : 8 * box.y1, 8 * box.x0 : 8 * box.x1]
-            c = as_unit_float(c).to(self.controlnet.device, self.controlnet.dtype)
-            # the CFG rows see the same condition: embed each image once and repeat the result per step
-            self._cond_cache[box] = self.controlnet.embed_condition(c)
-        return self._cond_cache[box]
+        """(B, C0, th, tw) conditioning embedding of one tile, computed on first use (kept if ``cache_cond``)."""
+        cached = self._cond_cache.get(box)
+        if cached is not None:
+            return cached
+        c = self.cond if box is None else self.cond[..., 8 * box.y0 : 8 * box.y1, 8 * box.x0 : 8 * box.x1]
+        c = as_unit_float(c).to(self.controlnet.device, self.controlnet.dtype)
+        # the CFG rows see the same condition: embed each image once and repeat the result per step
+        emb = self.controlnet.embed_condition(c)
+        if self.cache_cond:
+            self._cond_cache[box] = emb
+        return emb
 
     def _run(self, x: torch.Tensor, t: torch.Tensor, boxes: list[TileBox | None]) -> torch.Tensor:
         """One ControlNet + UNet call on ``len(boxes)`` tiles stacked along the batch (each rows·B deep)."""

@@ -37,7 +37,7 @@ from seesr.models.unet import SeeSRUNet
 from seesr.pipeline import color_fix, schedulers, sizing, stages, vae_tiling
 from seesr.pipeline import tiling as latent_tiling
 from seesr.pipeline.denoise import GuidedDenoiser
-from seesr.pipeline.postprocess import finish_image
+from seesr.pipeline.postprocess import finish_image, pipeline_codes
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +430,17 @@ class SeeSRPipeline(DiffusionPipeline):
             gens = [_step_generator(n) for n in noises]
             step_kwargs["generator"] = gens[0] if single else gens
         denoiser = GuidedDenoiser(
-            self.unet, self.controlnet, lr_up, prompt_embeds, soft, sampling, tiling_cfg, (h, w), split=split
+            self.unet,
+            self.controlnet,
+            lr_up,
+            prompt_embeds,
+            soft,
+            sampling,
+            tiling_cfg,
+            (h, w),
+            split=split,
+            cache_cond=len(timesteps)
+            > 1,  # one step reads each embedding once: a cache would only hold memory
         )
         total = len(timesteps)
         if split is not None:
@@ -473,7 +483,11 @@ class SeeSRPipeline(DiffusionPipeline):
         results = []
         for k in range(count):
             with clock.stage("vae_decode"):
-                decoded = self.decode_latents(latents[k : k + 1], tiling_cfg)
+                # on the 8-bit chain the decoder writes the output's uint8 codes tile by tile (a quarter of the
+                # bytes of a full-size float array); the trace needs the float output
+                decoded = self.decode_latents(
+                    latents[k : k + 1], tiling_cfg, codes=quantize[k] and trace is None
+                )
             with clock.stage("color_fix_resize"):
                 out = finish_image(
                     decoded,
@@ -503,8 +517,11 @@ class SeeSRPipeline(DiffusionPipeline):
         return results[0] if single else results
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, tiling_cfg: TilingConfig) -> torch.Tensor:
-        """(1, 4, h, w) scaled latents -> (1, 3, 8h, 8w) decoder output in about [-1, 1] (tiled when large)."""
+    def decode_latents(
+        self, latents: torch.Tensor, tiling_cfg: TilingConfig, *, codes: bool = False
+    ) -> torch.Tensor:
+        """(1, 4, h, w) scaled latents -> (1, 3, 8h, 8w) decoder output in about [-1, 1] (tiled when large);
+        with ``codes`` its uint8 ``pipeline_codes`` on the CPU instead, converted tile by tile."""
         vae = self.vae
         z = (latents / vae.config.scaling_factor).to(vae.dtype)
         if vae.post_quant_conv is not None:
@@ -515,6 +532,7 @@ class SeeSRPipeline(DiffusionPipeline):
             tiling_cfg.vae_decoder_tile_size,
             out_dtype=vae.dtype,
             offload_device=_offload(vae),
+            finish=pipeline_codes if codes else None,
             **vae_tiling.mode_kwargs(tiling_cfg),
         )
 

@@ -63,7 +63,8 @@ def finish_image(
     """Decoder output -> the final image, one band of rows at a time (see the module docstring).
 
     Args:
-        decoded: (1, 3, H, W) VAE decoder output, about [-1, 1], any float dtype and device (read per band).
+        decoded: (1, 3, H, W) VAE decoder output, about [-1, 1], any float dtype and device (read per band);
+            on the 8-bit chain also its uint8 :func:`pipeline_codes` (a quarter of float32's bytes).
         lr_up: (1, 3, H, W) condition image: uint8 codes (values k/255) or float in [0, 1].
         method: "adain", "wavelet" or "none".
         target_wh: final (width, height).
@@ -105,13 +106,26 @@ def finish_image(
     return out.permute(2, 0, 1)[None]
 
 
+def pipeline_codes(decoded: Tensor) -> Tensor:
+    """Decoder output (about [-1, 1], any float dtype/device) -> the official pipeline output's uint8 codes on
+    the CPU: ``round((x / 2 + 0.5).clamp(0, 1) * 255)``. Elementwise, so a tile's codes equal the whole image's
+    codes at those pixels (the tiled decoder writes them tile by tile: ``tiled_decode(finish=)``)."""
+    return color_fix.to_uint8((decoded.float().cpu() / 2 + 0.5).clamp(0, 1), rounding="round")
+
+
 def _sr_rows(decoded: Tensor, a: int, b: int, quantize: bool) -> tuple[Tensor, Tensor | None]:
-    """Pipeline output of rows [a, b): (1, 3, b-a, W) float32 in [0, 1], and its uint8 codes on the 8-bit chain."""
-    sr = (decoded[..., a:b, :].float().cpu() / 2 + 0.5).clamp(0, 1)
-    if not quantize:
-        return sr, None
-    codes = color_fix.to_uint8(sr, rounding="round")
-    return codes.float() / 255, codes
+    """Pipeline output of rows [a, b): (1, 3, b-a, W) float32 in [0, 1], and its uint8 codes on the 8-bit chain.
+
+    ``decoded`` is the decoder output, or already its :func:`pipeline_codes` (uint8; 8-bit chain only)."""
+    if decoded.dtype == torch.uint8:
+        if not quantize:
+            raise ValueError("uint8 decoder codes can only be finished on the 8-bit chain (quantize=True)")
+        codes = decoded[..., a:b, :].cpu()
+        return codes.float() / 255, codes
+    if quantize:
+        codes = pipeline_codes(decoded[..., a:b, :])
+        return codes.float() / 255, codes
+    return (decoded[..., a:b, :].float().cpu() / 2 + 0.5).clamp(0, 1), None
 
 
 def _fixed_rows(

@@ -202,6 +202,7 @@ def run_bounded(
     stats_method: str = "recompute",
     stats_out: list[GroupStats] | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
+    finish: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Tiled forward in bounded memory: sampled statistics first, then one tile at a time into the output.
 
@@ -217,9 +218,10 @@ def run_bounded(
             ``"sampled"`` (statistics of at most ``live_tiles`` synchronised tiles, one extra partial pass).
         stats_out: if given, the statistics the output pass used are appended (for measurements).
         prepare: elementwise map of every tile's input crop (see ``tiled_encode``).
+        finish: elementwise map of every finished tile's crop (see ``tiled_decode``).
 
     Returns:
-        ``(B, C_out, *out_hw)`` in ``out_dtype``.
+        ``(B, C_out, *out_hw)`` in ``out_dtype``, or in ``finish``'s dtype.
     """
     if stats_method == "recompute":
         stats = recomputed_stats(ops, x, tiles, prepare)
@@ -234,9 +236,12 @@ def run_bounded(
         with LIVE_TILES.tile():
             h = _run_one(ops, _crop(x, tile, prepare), stats)
             piece = _valid_crop(h, tile, is_decoder=is_decoder, scale=scale)
+            if finish is not None:
+                piece = finish(piece if out_dtype is None else piece.to(out_dtype))
             if result is None:
                 shape = (x.shape[0], piece.shape[1], *out_hw)
-                result = torch.empty(shape, dtype=out_dtype or piece.dtype, device=piece.device)
+                dtype = piece.dtype if finish is not None else out_dtype or piece.dtype
+                result = torch.empty(shape, dtype=dtype, device=piece.device)
             ob = tile.output_box
             result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = piece
             del h

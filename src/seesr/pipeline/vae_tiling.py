@@ -320,12 +320,13 @@ def _run_tiled(
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
     spill: TileSpill | None = None,
     prepare: Callable[[Tensor], Tensor] | None = None,
+    finish: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The GroupNorm-synchronised tiled forward; ``spill`` keeps the tiles' activations in files between turns
     (all but the last ``spill.keep_in_memory`` tiles of each pass, which the next, reversed pass visits first).
 
     Each tile's valid crop is written into the output as soon as the tile finishes (the last segment), so no
-    finished tile outlives its turn.
+    finished tile outlives its turn; ``finish`` (elementwise) maps the crop first, e.g. to uint8 codes.
     """
     device = x.device if prepare is None else prepare(x[:, :, :1, :1]).device
     shared_stats: list[tuple[Tensor, Tensor]] = []
@@ -374,9 +375,12 @@ def _run_tiled(
                 if out_hw == (0, 0):  # statistics only (the bounded mode's sampling pass)
                     continue
                 piece = _valid_crop(h, tiles[t], is_decoder=is_decoder, scale=scale)
+                if finish is not None:
+                    piece = finish(piece if out_dtype is None else piece.to(out_dtype))
                 if result is None:
                     shape = (x.shape[0], piece.shape[1], *out_hw)
-                    result = torch.zeros(shape, dtype=out_dtype or piece.dtype, device=piece.device)
+                    dtype = piece.dtype if finish is not None else out_dtype or piece.dtype
+                    result = torch.zeros(shape, dtype=dtype, device=piece.device)
                 ob = tiles[t].output_box
                 result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = piece
                 continue
@@ -450,6 +454,7 @@ def _execute(
     live_tiles: int,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None,
     prepare: Callable[[Tensor], Tensor] | None = None,
+    finish: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     if mode == "exact" or stats_method == "spill":
         # "spill": the exact algorithm with the tiles parked in files: exact output, bounded memory
@@ -467,6 +472,7 @@ def _execute(
                 stats_out=stats_out,
                 spill=spill,
                 prepare=prepare,
+                finish=finish,
             )
     from seesr.pipeline.vae_bounded import run_bounded  # vae_bounded builds on this module
 
@@ -482,6 +488,7 @@ def _execute(
         live_tiles=live_tiles,
         stats_out=stats_out,
         prepare=prepare,
+        finish=finish,
     )
 
 
@@ -571,6 +578,7 @@ def tiled_decode(
     stats_method: str = "spill",
     live_tiles: int = 4,
     stats_out: list[list[tuple[Tensor, Tensor]]] | None = None,
+    finish: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Decode with the official tiled-VAE algorithm (or the plain forward when the latent is small).
 
@@ -590,9 +598,12 @@ def tiled_decode(
         live_tiles: bounded mode: most tiles alive at once ("spill": the one running plus ``live_tiles - 1``
             kept in memory between turns; "sampled": the tiles sampled for the statistics; "recompute": 1).
         stats_out: if given, the GroupNorm statistics used (one ``(var, mean)`` per GroupNorm) are appended.
+        finish: an elementwise map applied to each finished tile's crop before it is written into the result
+            (e.g. to the pipeline output's uint8 codes), so the full-size decoder output need not exist in the
+            network's dtype; the result then has the map's dtype (``out_dtype`` is applied before the map).
 
     Returns:
-        ``(B, 3, 8h, 8w)`` image in about ``[-1, 1]`` (unclamped decoder output).
+        ``(B, 3, 8h, 8w)`` image in about ``[-1, 1]`` (unclamped decoder output), or ``finish`` of it.
 
     Raises:
         ValueError: if ``z`` is not 4-D or the decoder has an unsupported structure.
@@ -603,7 +614,8 @@ def tiled_decode(
     h, w = z.shape[-2:]
     if not decoder_needs_tiling(h, w, tile_size, pad):
         out = decoder(z)
-        return out if out_dtype is None else out.to(out_dtype)
+        out = out if out_dtype is None else out.to(out_dtype)
+        return finish(out) if finish is not None else out
     scale = _sampling_factor(cast(nn.ModuleList, decoder.up_blocks), "upsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=True, scale=scale)
     logger.debug(
@@ -622,4 +634,5 @@ def tiled_decode(
         stats_method=stats_method,
         live_tiles=live_tiles,
         stats_out=stats_out,
+        finish=finish,
     )

@@ -37,10 +37,11 @@ UNET_LIVE_FACTOR = 14.0
 #: host memory the loaded libraries and allocator add on top of the RSS before loading and the weights,
 #: measured with the tiny weights on the CPU (docs/benchmarks.md: plan accuracy)
 RUNTIME_OVERHEAD = 400 * MIB
-#: full-size arrays alive after decoding, in float32-RGB units of the larger of processed / output size: the
-#: decoder output (float32: 1) and the result in the written dtype (uint16 at most: 0.5); colour fix, resize and
-#: writer work in bands of rows (issue 13 item 4, docs/decisions.md "Bounded post-decode path")
-FULL_RES_ARRAYS = 1.5
+#: the decoder output, in float32-RGB units of the processed size: its uint8 codes on the 8-bit chain (written
+#: tile by tile: ``tiled_decode(finish=)``), float32 for inputs over 8 bits. After decoding only it and the result
+#: (:data:`OUTPUT_ARRAYS`) are full size; colour fix, resize and writer work in bands of rows (issue 13 item 4,
+#: docs/decisions.md "Bounded post-decode path")
+DECODED_ARRAYS = {"codes": 0.25, "float": 1.0}
 #: the result alone (the decoder output lives on the device when there is one), same units
 OUTPUT_ARRAYS = 0.5
 #: the bands' temporaries: about 1 Mpx of rows (+ the wavelet's 62 halo rows), its dilated convolutions unfolded
@@ -277,7 +278,13 @@ def plan_image(
     live = 1 if tiling.vae_bounded_stats == "recompute" else tiling.vae_live_tiles
     vae_kw = dict(block_out_channels=channels, mode=tiling.vae_mode, live_tiles=live, dtype_bytes=s)
     enc = estimate_vae_peak_bytes(ph, pw, tiling.vae_encoder_tile_size, part="encoder", **vae_kw)  # type: ignore[arg-type]
-    dec = estimate_vae_peak_bytes(lh, lw, tiling.vae_decoder_tile_size, part="decoder", **vae_kw)  # type: ignore[arg-type]
+    codes = (
+        sampling.faithful or not high_bit_depth
+    )  # the pipeline's 8-bit chain: the decoder writes uint8 codes
+    dec_out_bytes = 1 if codes else 4
+    dec = estimate_vae_peak_bytes(
+        lh, lw, tiling.vae_decoder_tile_size, part="decoder", out_dtype_bytes=dec_out_bytes, **vae_kw
+    )  # type: ignore[arg-type]
     disk = 0
     if bounded and tiling.vae_bounded_stats == "spill":  # the states the exact mode would hold, in files
         exact_kw = dict(vae_kw, mode="exact")
@@ -292,6 +299,8 @@ def plan_image(
     unet = int(UNET_LIVE_FACTOR * footprint.unet_width * tile_px * batch * tiles_per_call * images * s)
     # the ControlNet's condition embedding, cached per latent tile for the whole loop (denoise.cond_cache_bytes)
     cond_cache = footprint.unet_width * tile_px * grid[0] * grid[1] * s * images
+    if sampling.num_inference_steps <= 1:  # one step: not cached (pipeline: cache_cond)
+        cond_cache = footprint.unet_width * tile_px * tiles_per_call * s * images
     done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)  # finished results held until the batch returns
     # a band is about 1 Mpx of rows (pipeline.postprocess.BAND_PIXELS): an image smaller than that is one band
     band = min(POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20))
@@ -299,7 +308,12 @@ def plan_image(
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + cond_cache + unet,
         "vae_decode": image_in + lr_up + dec + done,
-        "color_fix_resize": image_in + lr_up + done + int(FULL_RES_ARRAYS * 12 * max(n_px, target_px)) + band,
+        "color_fix_resize": image_in
+        + lr_up
+        + done
+        + int(DECODED_ARRAYS["codes" if codes else "float"] * 12 * n_px)
+        + int(OUTPUT_ARRAYS * 12 * target_px)
+        + band,
     }
     weights = footprint.weights_bytes(s)
     peak_act = max(stages.values())
