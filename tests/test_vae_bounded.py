@@ -267,3 +267,21 @@ def test_decoder_finish_writes_each_tile_as_codes(mode, stats, tmp_path, monkeyp
     assert int((codes == 0).sum()) > 0 and int((codes == 255).sum()) > 0  # both clamps exercised
     assert torch.equal(codes, pipeline_codes(whole))
     assert torch.equal(small, pipeline_codes(tiled_decode(vae.decoder, z, 64)))
+
+
+def test_spill_writes_an_identity_residual_once(tmp_path):
+    """At a ResNet's first GroupNorm the pending residual of an identity shortcut is the activation itself: it is
+    written once (a quarter of the decoder's spill traffic) and read back as one tensor, as it was."""
+    from seesr.pipeline.vae_spill import TileSpill
+
+    h = torch.randn(1, 8, 6, 10).to(memory_format=torch.channels_last)
+    with TileSpill(tmp_path) as spill:
+        spill.put(0, h, h)
+        once = spill.bytes_written
+        spill.put(1, h, h.clone())
+        assert once == h.numel() * 4 and spill.bytes_written == 3 * once
+        a, ra = spill.take(0, "cpu")
+        b, rb = spill.take(1, "cpu")
+    assert ra is a and rb is not b
+    for t in (a, b, rb):
+        assert torch.equal(t, h) and t.stride() == h.stride()

@@ -44,8 +44,10 @@ def free_disk_bytes(root: Path | None = None) -> int:
     return int(shutil.disk_usage(path).free)
 
 
-#: how one tensor was written: dtype, the shape as written, and the dimension order it was written in
+#: how one tensor was written: dtype, the shape as written, and the dimension order it was written in; or
+#: ``SAME_AS_ACTIVATION`` for a residual that is the activation itself (an identity shortcut): written once
 _Saved = tuple[torch.dtype, tuple[int, ...], list[int]]
+SAME_AS_ACTIVATION = "same"
 
 
 def _layout_order(t: Tensor) -> list[int]:
@@ -70,7 +72,7 @@ class TileSpill:
         self.keep_in_memory = keep_in_memory
         self.root = Path(root) if root is not None else default_spill_root()
         self.folder: Path | None = None
-        self._meta: dict[int, list[_Saved | None]] = {}
+        self._meta: dict[int, list[_Saved | str | None]] = {}
         self.bytes_on_disk = self.peak_bytes = self.bytes_written = 0
 
     def __enter__(self) -> TileSpill:
@@ -93,13 +95,16 @@ class TileSpill:
 
     def put(self, index: int, h: Tensor, res: Tensor | None) -> None:
         """Write tile ``index``'s activation ``h`` and pending residual ``res`` (any device and dtype)."""
-        meta: list[_Saved | None] = []
+        meta: list[_Saved | str | None] = []
         size = 0
         try:
             with open(self._path(index), "wb") as f:
                 for t in (h, res):
                     if t is None:
                         meta.append(None)
+                        continue
+                    if meta and t is h:  # the residual is the activation (identity shortcut): not again
+                        meta.append(SAME_AS_ACTIVATION)
                         continue
                     order = _layout_order(t)
                     flat = t.detach().permute(order).to("cpu").contiguous()
@@ -128,6 +133,9 @@ class TileSpill:
             for m in meta:
                 if m is None:
                     out.append(None)
+                    continue
+                if isinstance(m, str):  # SAME_AS_ACTIVATION: the residual is the activation, as when written
+                    out.append(out[0])
                     continue
                 dtype, shape, order = m
                 count = 1
