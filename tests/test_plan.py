@@ -51,10 +51,10 @@ def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
     # no disk for spill files: the exact statistics by recomputation
     assert tight.tiling.vae_mode == "bounded" and tight.tiling.vae_bounded_stats == "recompute"
     assert tight.host_bytes <= tight.budget_bytes < roomy.host_bytes
-    # with the disk for them, the exact mode's tiles wait in files instead: same memory bound, far less time
-    spill = choose_plan(
-        (2000, 1500), sampling, TilingConfig(), budget=tight.budget_bytes, **dict(kw, free_disk=1024 * GIB)
-    )
+    # with the disk for them (and a fast one: NVMe), the exact mode's tiles wait in files instead: same memory
+    # bound, far less time
+    fast_disk = dict(kw, free_disk=1024 * GIB, disk_rate=2e9)
+    spill = choose_plan((2000, 1500), sampling, TilingConfig(), budget=tight.budget_bytes, **fast_disk)
     assert spill.tiling.vae_mode == "bounded" and spill.tiling.vae_bounded_stats == "spill"
     assert spill.host_bytes <= spill.budget_bytes and spill.seconds < tight.seconds
     # the files hold about the states the exact mode would hold in memory (SD-2 decoder, 8000x6000 fp32: ~70 GiB)
@@ -176,3 +176,63 @@ def test_a_run_stays_within_its_max_memory(tmp_path, fixtures_dir, side, budget)
     assert abs(predicted - measured) <= 0.25 * measured, (predicted / GIB, measured / GIB)
     assert set(side_car["timings"]) >= {"dape", "text", "vae_encode", "denoise", "vae_decode", "write"}
     assert "denoise " in done.stderr and "peak RSS " in done.stderr  # `-v` prints the cost breakdown
+
+
+def test_spill_time_counts_the_disk_writes_and_a_slow_disk_prefers_recomputation():
+    """The spill files beyond what the page cache absorbs are written at the disk's rate: that time is in the
+    plan; when it makes "spill" slower than recomputing the statistics, the planner recomputes instead."""
+    from seesr.pipeline.vae_memory import spill_barrier_bytes
+
+    kw = dict(footprint=SD2_FOOTPRINT, device_type="cpu", dtype_bytes=4, baseline=300 * MIB, free_disk=2**50)
+    sampling = SamplingConfig(num_inference_steps=1)
+    spill = TilingConfig(vae_mode="bounded", vae_bounded_stats="spill", vae_decoder_tile_size=64)
+    size = (2000, 1500)
+
+    def io(rate, writeback):
+        plan = plan_image(size, sampling, spill, budget=2**50, disk_rate=rate, writeback=writeback, **kw)
+        return plan.spill_io_seconds, plan
+
+    fast, plan = io(1e9, 0)
+    assert fast > 0 and io(5e8, 0)[0] == pytest.approx(2 * fast)
+    assert io(1e9, 2**50)[0] == 0  # everything fits the page cache: nothing reaches the disk
+    barriers = spill_barrier_bytes(
+        6000, 8000, spill.vae_encoder_tile_size, part="encoder", block_out_channels=(128, 256, 512, 512)
+    ) + spill_barrier_bytes(750, 1000, 64, part="decoder", block_out_channels=(128, 256, 512, 512))
+    assert fast == pytest.approx(sum(barriers) / 1e9)
+    assert plan.as_record()["predicted_spill_io_seconds"] == round(fast, 1)
+    assert "of disk writes" in plan.describe()
+    # the same budget, a fast then a very slow disk: spill, then recomputation (no disk at all)
+    budget = plan.host_bytes
+    pinned = frozenset({"vae_decoder_tile_size"})
+    quick = choose_plan(size, sampling, spill, budget=budget, pinned=pinned, disk_rate=1e9, writeback=0, **kw)
+    slow = choose_plan(size, sampling, spill, budget=budget, pinned=pinned, disk_rate=1e5, writeback=0, **kw)
+    assert quick.tiling.vae_bounded_stats == "spill" and quick.spill_io_seconds > 0
+    assert slow.tiling.vae_bounded_stats == "recompute" and slow.spill_io_seconds == 0
+    assert (
+        slow.seconds
+        < plan_image(size, sampling, spill, budget=budget, disk_rate=1e5, writeback=0, **kw).seconds
+    )
+    # the user's choice stays
+    kept = choose_plan(
+        size,
+        sampling,
+        spill,
+        budget=budget,
+        pinned=pinned | {"vae_bounded_stats"},
+        disk_rate=1e5,
+        writeback=0,
+        **kw,
+    )
+    assert kept.tiling.vae_bounded_stats == "spill"
+
+
+def test_spill_disk_rate_comes_from_the_environment(monkeypatch):
+    from seesr.pipeline import vae_spill
+
+    monkeypatch.delenv("SEESR_SPILL_DISK_MBPS", raising=False)
+    assert vae_spill.disk_write_rate() == vae_spill.DEFAULT_DISK_RATE
+    monkeypatch.setenv("SEESR_SPILL_DISK_MBPS", "800")
+    assert vae_spill.disk_write_rate() == 800e6
+    monkeypatch.setenv("SEESR_SPILL_DISK_MBPS", "fast")
+    with pytest.raises(ValueError, match="SEESR_SPILL_DISK_MBPS"):
+        vae_spill.disk_write_rate()

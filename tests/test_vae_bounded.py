@@ -285,3 +285,39 @@ def test_spill_writes_an_identity_residual_once(tmp_path):
     assert ra is a and rb is not b
     for t in (a, b, rb):
         assert torch.equal(t, h) and t.stride() == h.stride()
+
+
+@pytest.mark.parametrize(("channels", "layers"), [((8, 16), 1), ((8, 16, 16), 2)])
+def test_spill_traffic_formula_counts_the_files(channels, layers, tmp_path, monkeypatch):
+    """The planner's spill-traffic formula (``vae_memory.spill_barrier_bytes``, from the SD VAE layout alone)
+    equals the bytes the executor writes with one tile in memory, and is within 3 % with three kept."""
+    from diffusers import AutoencoderKL
+
+    from seesr.pipeline import vae_spill
+    from seesr.pipeline.vae_memory import spill_traffic_bytes
+
+    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path))
+    made: list[vae_spill.TileSpill] = []
+    enter = vae_spill.TileSpill.__enter__
+    monkeypatch.setattr(vae_spill.TileSpill, "__enter__", lambda self: made.append(self) or enter(self))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        layers_per_block=layers,
+        norm_num_groups=4,
+        latent_channels=4,
+    ).eval()
+    kw = dict(block_out_channels=channels, layers_per_block=layers)
+    for live, tolerance in ((1, 0.0), (3, 0.03)):
+        with torch.no_grad():
+            tiled_decode(vae.decoder, torch.randn(1, 4, 24, 40), 8, pad=2, mode="bounded", live_tiles=live)
+            decoded = made[-1].bytes_written
+            tiled_encode(vae.encoder, torch.randn(1, 3, 96, 136), 32, pad=8, mode="bounded", live_tiles=live)
+            encoded = made[-1].bytes_written
+        want_dec = spill_traffic_bytes(24, 40, 8, part="decoder", live_tiles=live, pad=2, **kw)
+        want_enc = spill_traffic_bytes(96, 136, 32, part="encoder", live_tiles=live, pad=8, **kw)
+        assert decoded > 0 and encoded > 0
+        assert abs(want_dec / decoded - 1) <= tolerance and abs(want_enc / encoded - 1) <= tolerance
+    assert spill_traffic_bytes(24, 40, 64, part="decoder", **kw) == 0  # one tile: nothing waits

@@ -8,6 +8,7 @@ tensor the caller holds. ``benchmarks/vae_bounded.py --memory`` compares it with
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from seesr.pipeline.vae_tiling import (
     DECODER_PAD,
@@ -85,3 +86,83 @@ def estimate_vae_peak_bytes(
     out_px = h * w * scale * scale if is_dec else (h // scale) * (w // scale)
     out_ch = 3 if is_dec else 2 * latent_channels
     return int(batch * (act * dtype_bytes + out_ch * out_px * out_dtype_bytes))
+
+
+def spill_traffic_bytes(h: int, w: int, tile_size: int, **kwargs: Any) -> int:
+    """Total bytes :func:`spill_barrier_bytes` writes in one tiled call (and reads back)."""
+    return sum(spill_barrier_bytes(h, w, tile_size, **kwargs))
+
+
+def spill_barrier_bytes(
+    h: int,
+    w: int,
+    tile_size: int,
+    *,
+    part: str,
+    block_out_channels: Sequence[int] = SD2_VAE_CHANNELS,
+    layers_per_block: int = 2,
+    live_tiles: int = 4,
+    dtype_bytes: int = 4,
+    pad: int | None = None,
+) -> list[int]:
+    """Bytes the bounded VAE's ``"spill"`` statistics write to files at each GroupNorm of one tiled call.
+
+    At every GroupNorm the running tile's activation and its pending residual go to a file (read back at the
+    next pass), except for the ``live_tiles - 1`` tiles of each pass that stay in memory; an identity shortcut's
+    residual is the activation itself and is written once (``vae_spill``). Counted from the diffusers SD VAE
+    layout: encoder ``conv_in`` -> ``layers_per_block`` ResNets per down block -> mid (ResNet, attention,
+    ResNet) -> ``conv_norm_out``; decoder ``conv_in`` -> mid -> ``layers_per_block + 1`` ResNets per up block ->
+    ``conv_norm_out``; every tile with its padding, as ``split_tiles`` cuts it. Exact with one live tile
+    (``tests/test_vae_bounded.py`` counts the files); with more, the kept tiles are counted at the mean tile area.
+
+    Args:
+        h, w: input size: image pixels for ``part="encoder"``, latent pixels for ``part="decoder"``.
+        tile_size, pad: as for :func:`estimate_vae_peak_bytes`.
+        part: "encoder" or "decoder".
+        block_out_channels: the VAE's ``block_out_channels``.
+        layers_per_block: the VAE's ``layers_per_block`` (2 in SD).
+        live_tiles: tiles in memory at once (``vae_live_tiles``).
+        dtype_bytes: bytes per activation element.
+
+    Returns:
+        Bytes per GroupNorm in forward order; empty when the image is not tiled (nothing waits).
+    """
+    if part not in ("encoder", "decoder"):
+        raise ValueError(f"part must be 'encoder' or 'decoder', got {part!r}")
+    is_dec = part == "decoder"
+    pad = (DECODER_PAD if is_dec else ENCODER_PAD) if pad is None else pad
+    levels = len(block_out_channels)
+    scale = 2 ** (levels - 1)
+    if not (decoder_needs_tiling if is_dec else encoder_needs_tiling)(h, w, tile_size, pad):
+        return []
+    tiles = split_tiles(h, w, tile_size, pad, is_decoder=is_dec, scale=scale)
+    area = sum((t.input_box.y1 - t.input_box.y0) * (t.input_box.x1 - t.input_box.x0) for t in tiles)
+    per_pixel = area * dtype_bytes * max(0, len(tiles) - (live_tiles - 1)) / len(tiles)
+
+    def resnet(c_in: int, c_out: int, factor: float) -> list[float]:
+        """Its two GroupNorms: x (+ shortcut(x) unless identity), then conv1(x) + the residual."""
+        first = c_in if c_in == c_out else c_in + c_out
+        return [first * factor, 2 * c_out * factor]
+
+    top = block_out_channels[-1]
+
+    def mid(factor: float) -> list[float]:  # the attention's residual is its input: written once
+        return [*resnet(top, top, factor), top * factor, *resnet(top, top, factor)]
+
+    channel_pixels: list[float] = []  # channels x pixels of that level per input pixel, per GroupNorm
+    if is_dec:
+        channel_pixels += mid(1.0)
+        c = top
+        for i, c_out in enumerate(reversed(block_out_channels)):
+            for _ in range(layers_per_block + 1):
+                channel_pixels += resnet(c, c_out, float(4**i))
+                c = c_out
+        channel_pixels.append(c * float(4 ** (levels - 1)))  # conv_norm_out
+    else:
+        c = block_out_channels[0]
+        for i, c_out in enumerate(block_out_channels):
+            for _ in range(layers_per_block):
+                channel_pixels += resnet(c, c_out, 1.0 / 4**i)
+                c = c_out
+        channel_pixels += [*mid(1.0 / 4 ** (levels - 1)), top / 4 ** (levels - 1)]  # + conv_norm_out
+    return [int(cp * per_pixel) for cp in channel_pixels]

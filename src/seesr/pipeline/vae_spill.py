@@ -44,6 +44,44 @@ def free_disk_bytes(root: Path | None = None) -> int:
     return int(shutil.disk_usage(path).free)
 
 
+#: sustained write rate assumed for the spill disk, bytes/s: what ``dd … conv=fdatasync`` of 1-2 GB measured on
+#: the development VM's cloud volume (150 MB/s; the spill runs there wrote 150-270 MB/s). A short probe is no
+#: guide: 64-256 MiB probes measured 0.37-1.5 GB/s there, absorbed by the host's caches.
+DEFAULT_DISK_RATE = 150e6
+
+
+def disk_write_rate() -> float:
+    """Sustained write rate (bytes/s) the planner assumes for the spill disk: ``$SEESR_SPILL_DISK_MBPS`` (MB/s)
+    if set, else :data:`DEFAULT_DISK_RATE`."""
+    explicit = os.environ.get("SEESR_SPILL_DISK_MBPS")
+    if explicit:
+        try:
+            rate = float(explicit) * 1e6
+        except ValueError:
+            rate = 0.0
+        if rate <= 0:
+            raise ValueError(f"SEESR_SPILL_DISK_MBPS must be a positive number of MB/s, got {explicit!r}")
+        return rate
+    return DEFAULT_DISK_RATE
+
+
+def writeback_allowance() -> int:
+    """Bytes of freshly written files the kernel keeps in the page cache before writing them to disk
+    (Linux: ``vm.dirty_background_bytes``, else ``vm.dirty_background_ratio`` of the available memory); 0 where
+    unknown. Spill files deleted before that point never reach the disk."""
+    vm = Path("/proc/sys/vm")
+    try:
+        explicit = int((vm / "dirty_background_bytes").read_text())
+        if explicit:
+            return explicit
+        ratio = int((vm / "dirty_background_ratio").read_text())
+        meminfo = Path("/proc/meminfo").read_text().split("\n")
+        available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, StopIteration):
+        return 0
+    return available * ratio // 100
+
+
 #: how one tensor was written: dtype, the shape as written, and the dimension order it was written in; or
 #: ``SAME_AS_ACTIVATION`` for a residual that is the activation itself (an identity shortcut): written once
 _Saved = tuple[torch.dtype, tuple[int, ...], list[int]]

@@ -48,10 +48,11 @@ OUTPUT_ARRAYS = 0.5
 #: 27 floats per pixel, and what glibc keeps of freed band buffers (measured: docs/benchmarks.md)
 POSTPROCESS_BAND_BYTES = 450 * MIB
 #: time of the bounded VAE over the exact one, measured on the fixture VAE (docs/decisions.md): "recompute"
-#: encoder 10-14x, decoder 4-6x; "spill" (one tile in memory, a 150 MB/s disk) encoder 1.1x, decoder 1.5x
+#: encoder 10-14x, decoder 4-6x; "spill" while its files stay in the page cache (2048², 4 tiles in memory:
+#: encoder 1.27x, decoder 1.14x) — what reaches the disk is added from the traffic (``_spill_io_seconds``)
 BOUNDED_COST = {
     "recompute": {"encode": 12.0, "decode": 5.0},
-    "spill": {"encode": 1.1, "decode": 1.5},
+    "spill": {"encode": 1.3, "decode": 1.2},
     "sampled": {"encode": 1.1, "decode": 1.3},
 }
 #: free disk the spill files need, over the estimate of the largest full-resolution state
@@ -131,6 +132,7 @@ class Plan:
     seconds_basis: str
     stages: dict[str, int]
     disk_bytes: int = 0
+    spill_io_seconds: float = 0.0
 
     def as_record(self) -> dict[str, Any]:
         """The sidecar's ``plan`` field."""
@@ -148,6 +150,7 @@ class Plan:
             "predicted_peak_device_mib": round(self.device_bytes / MIB, 1),
             "budget_mib": round(self.budget_bytes / MIB, 1),
             "predicted_seconds": round(self.seconds, 1),
+            "predicted_spill_io_seconds": round(self.spill_io_seconds, 1),
             "seconds_basis": self.seconds_basis,
         }
 
@@ -158,7 +161,10 @@ class Plan:
         t = self.tiling
         vae = f"VAE {t.vae_mode}" + (f"/{t.vae_bounded_stats}" if t.vae_mode == "bounded" else "")
         if self.disk_bytes:
-            vae += f" ({self.disk_bytes / GIB:.2f} GiB spill files)"
+            vae += f" ({self.disk_bytes / GIB:.2f} GiB spill files"
+            if self.spill_io_seconds:
+                vae += f", about {_duration(self.spill_io_seconds)} of disk writes"
+            vae += ")"
         return (
             f"{self.input_size[0]}x{self.input_size[1]} -> processed {w}x{h}; latent tiles {r}x{c} of "
             f"{t.latent_tile_size}; {vae}, encoder tile {t.vae_encoder_tile_size} px ({self.vae_encoder_tiles}), "
@@ -243,6 +249,8 @@ def plan_image(
     free_disk: int | None = None,
     high_bit_depth: bool = False,
     images: int = 1,
+    disk_rate: float | None = None,
+    writeback: int | None = None,
 ) -> Plan:
     """Predict the cost of one image with the given settings (see the module docstring for the model).
 
@@ -261,6 +269,10 @@ def plan_image(
         images: images of this size run together in one pipeline call (``--batch-size``): the denoise
             activations scale with them like ``tile_batch``, every image's input and condition image stay alive,
             and the finished outputs wait for the last one; ``seconds`` is for the whole call.
+        disk_rate: write rate (bytes/s) of the spill disk (default: ``vae_spill.disk_write_rate``, measured
+            once); writeback: bytes of fresh files the page cache holds before writing them (default:
+            ``vae_spill.writeback_allowance``). With "spill" statistics, each GroupNorm's files beyond
+            ``writeback`` are written at ``disk_rate``: that time is added (``Plan.spill_io_seconds``).
     """
     from seesr.pipeline.sizing import plan_sizes
     from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
@@ -334,6 +346,12 @@ def plan_image(
         + r.vae_encode * n_px * enc_factor
         + r.vae_decode * n_px * dec_factor
     )
+    io_seconds = 0.0
+    if bounded and tiling.vae_bounded_stats == "spill":
+        io_seconds = images * _spill_io_seconds(
+            (ph, pw), (lh, lw), tiling, channels, s, disk_rate=disk_rate, writeback=writeback
+        )
+        seconds += io_seconds
     disk_ok = disk == 0 or disk * SPILL_DISK_MARGIN <= (free_disk if free_disk is not None else _free_disk())
     return Plan(
         input_size=(int(size[0]), int(size[1])),
@@ -350,7 +368,34 @@ def plan_image(
         seconds_basis=r.basis,
         stages={k: int(v) for k, v in stages.items()},
         disk_bytes=int(disk),
+        spill_io_seconds=float(io_seconds),
     )
+
+
+def _spill_io_seconds(
+    image_hw: tuple[int, int],
+    latent_hw: tuple[int, int],
+    tiling: TilingConfig,
+    channels: tuple[int, ...],
+    dtype_bytes: int,
+    *,
+    disk_rate: float | None,
+    writeback: int | None,
+) -> float:
+    """Seconds the spill files of one image's VAE encode + decode spend reaching the disk: at each GroupNorm the
+    bytes beyond what the page cache absorbs (``writeback``) go at ``disk_rate`` (read back from the cache)."""
+    from seesr.pipeline import vae_spill
+    from seesr.pipeline.vae_memory import spill_barrier_bytes
+
+    kw = dict(block_out_channels=channels, live_tiles=tiling.vae_live_tiles, dtype_bytes=dtype_bytes)
+    barriers = spill_barrier_bytes(*image_hw, tiling.vae_encoder_tile_size, part="encoder", **kw)  # type: ignore[arg-type]
+    barriers += spill_barrier_bytes(*latent_hw, tiling.vae_decoder_tile_size, part="decoder", **kw)  # type: ignore[arg-type]
+    allowance = vae_spill.writeback_allowance() if writeback is None else writeback
+    beyond = sum(max(0, b - allowance) for b in barriers)
+    if beyond == 0:
+        return 0.0
+    rate = vae_spill.disk_write_rate() if disk_rate is None else disk_rate
+    return beyond / rate
 
 
 def _free_disk() -> int:
@@ -427,6 +472,10 @@ def choose_plan(
 ) -> Plan:
     """The first plan on the ladder that fits the budget (see :func:`plan_image` for ``kwargs``).
 
+    A fitting bounded plan with "spill" statistics gives way to "recompute" (no disk, one tile in memory, the
+    same tiles) when that fits too and is predicted faster: on a slow disk a huge image's spill traffic can
+    outlast the recomputation.
+
     Raises:
         ValueError: even the smallest settings exceed the budget (one line with the smallest prediction).
     """
@@ -434,6 +483,12 @@ def choose_plan(
     for candidate in _ladder(tiling, pinned):
         plan = plan_image(size, sampling, candidate, **kwargs)
         if plan.fits:
+            spilling = plan.tiling.vae_mode == "bounded" and plan.tiling.vae_bounded_stats == "spill"
+            if spilling and plan.spill_io_seconds and "vae_bounded_stats" not in pinned:
+                other = dataclasses.replace(plan.tiling, vae_bounded_stats="recompute")
+                alternative = plan_image(size, sampling, other, **kwargs)
+                if alternative.fits and alternative.seconds < plan.seconds:
+                    return alternative
             return plan
         if smallest is None or plan.device_bytes < smallest.device_bytes:
             smallest = plan
