@@ -234,3 +234,25 @@ def test_bfloat16_runs_with_float32_statistics():
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
     assert tiled_decode(vae.decoder, z.bfloat16(), 4, pad=1, out_dtype=torch.float32).dtype == torch.float32
+
+
+def test_encoder_tile_size_must_be_a_multiple_of_the_downsampling():
+    """A core tile that is not a multiple of 8 can be cut into cores whose latents do not line up (662 px at
+    2048² crashed inside the executor); it is refused in one line instead, in the config and in the call."""
+    from diffusers import AutoencoderKL
+
+    from seesr.config import TilingConfig
+
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TilingConfig(vae_encoder_tile_size=662)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).eval()
+    x = torch.zeros(1, 3, 2048, 2048)
+    with torch.no_grad(), pytest.raises(ValueError, match="multiple of 8, got 662"):
+        tiled_encode(vae.encoder, x, 662)

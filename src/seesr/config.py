@@ -127,6 +127,11 @@ class TilingConfig:
                 "vae tile sizes too small: encoder >= 64 px, decoder >= 8 latent px, got "
                 f"{self.vae_encoder_tile_size}, {self.vae_decoder_tile_size}"
             )
+        if self.vae_encoder_tile_size % 8:
+            raise ValueError(
+                f"vae_encoder_tile_size must be a multiple of 8 (the VAE's downsampling), got "
+                f"{self.vae_encoder_tile_size}"
+            )
 
 
 #: Named settings shared by `seesr upscale --preset` and the web UI:

@@ -544,6 +544,9 @@ def tiled_encode(
         out = encoder(prepare(x) if prepare is not None else x)
         return out if out_dtype is None else out.to(out_dtype)
     scale = _sampling_factor(cast(nn.ModuleList, encoder.down_blocks), "downsamplers")
+    if tile_size % scale:
+        # otherwise the tiles' cores need not be multiples of it, and their latents would not line up
+        raise ValueError(f"encoder tile size must be a multiple of {scale}, got {tile_size}")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=False, scale=scale)
     logger.debug(
         "tiled VAE encoder: %dx%d image in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
