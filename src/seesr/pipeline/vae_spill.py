@@ -15,13 +15,18 @@ default ``~/.cache/seesr``) — deliberately not ``/tmp``, which is RAM-backed (
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
+import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -34,6 +39,30 @@ def default_spill_root() -> Path:
         return Path(explicit).expanduser()
     cache = os.environ.get("SEESR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "seesr")
     return Path(cache) / "spill"
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere: musl, macOS, Windows)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return cast(Callable[[int], int], libc.malloc_trim)
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _libc_trim() if sys.platform.startswith("linux") else None
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Tiles of several sizes are allocated and freed in turn for hundreds of tiles; glibc keeps the freed memory in
+    its heaps (tensors under its dynamic mmap threshold, up to 32 MiB, come from there), so the process's
+    resident memory drifted up by about 1.5 GB over an 8192² encode although the live tensors stayed bounded
+    (docs/decisions.md). Trimming at each tile's turn keeps resident memory at the live set.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def free_disk_bytes(root: Path | None = None) -> int:
@@ -186,6 +215,7 @@ class TileSpill:
                 out.append(raw.view(dtype).reshape(shape).permute(back).to(device))
                 self.bytes_on_disk -= raw.numel()
         path.unlink()
+        release_free_memory()  # the previous turn's temporaries are free now
         h, res = out
         assert h is not None
         return h, res
