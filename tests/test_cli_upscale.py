@@ -654,3 +654,15 @@ def test_scale_tiles_prompts_and_mpo(cli, tmp_path: Path, stub: StubPipe) -> Non
     r = cli(mpo, "-o", tmp_path / "m", "--upscale", 1)
     assert r.rc == 0 and "using the primary image" in r.err
     assert abs(int(u8(tmp_path / "m" / "cam.png")[4, 4, 0]) - 200) <= 2
+
+
+def test_foreign_import_warnings_are_quiet(tmp_path: Path) -> None:
+    """bitsandbytes' import-time Hub-kernel warnings (it comes with pyiqa; seesr runs no 4-bit layer) are not
+    shown to users of the CLI; our own loggers keep their level."""
+    import logging
+
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")]) != 0
+    for name in ("bitsandbytes", "kernels"):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.ERROR
+        logging.getLogger(name).setLevel(logging.NOTSET)  # leave the process as it was
+    assert logging.getLogger("seesr").level == logging.NOTSET  # ours are left alone

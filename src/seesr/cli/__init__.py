@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: loggers of third-party packages whose import-time warnings concern features seesr does not use
+_FOREIGN_IMPORT_WARNINGS = ("bitsandbytes", "kernels")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seesr`` console script. Returns the process exit code."""
     parser = build_parser()
@@ -59,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # bitsandbytes (pulled in by pyiqa, imported by diffusers' quantizer registry) tries to fetch a 4-bit CPU
+    # kernel from the Hub at import and warns twice when it cannot; seesr never runs 4-bit layers
+    for noisy in _FOREIGN_IMPORT_WARNINGS:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     previous = _configure_pillow(args)
     try:
         return int(args.run(args) or 0)
