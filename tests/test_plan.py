@@ -236,3 +236,30 @@ def test_spill_disk_rate_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("SEESR_SPILL_DISK_MBPS", "fast")
     with pytest.raises(ValueError, match="SEESR_SPILL_DISK_MBPS"):
         vae_spill.disk_write_rate()
+
+
+def test_a_disk_bound_spill_run_records_the_rate_the_planner_then_uses(tmp_path, monkeypatch):
+    """A spill whose files outgrew the page cache's allowance measured the disk: its traffic over its wall time
+    is remembered beside the files and becomes the planner's disk rate; runs the cache absorbed, and failed runs,
+    record nothing."""
+    import torch
+
+    from seesr.pipeline import vae_spill
+
+    monkeypatch.delenv("SEESR_SPILL_DISK_MBPS", raising=False)
+    h = torch.randn(1, 8, 32, 32)
+    monkeypatch.setattr(vae_spill, "writeback_allowance", lambda: 10**9)  # everything absorbed
+    with vae_spill.TileSpill(tmp_path) as spill:
+        spill.put(0, h, None)
+    assert vae_spill.disk_write_rate(tmp_path) == vae_spill.DEFAULT_DISK_RATE
+    monkeypatch.setattr(vae_spill, "writeback_allowance", lambda: 100)  # a tiny cache: disk-bound
+    with pytest.raises(RuntimeError), vae_spill.TileSpill(tmp_path) as spill:
+        spill.put(0, h, None)
+        raise RuntimeError("a tile failed")
+    assert vae_spill.disk_write_rate(tmp_path) == vae_spill.DEFAULT_DISK_RATE
+    with vae_spill.TileSpill(tmp_path) as spill:
+        spill.put(0, h, None)
+        spill.put(1, h, None)
+    record = json.loads((tmp_path / "disk_rate.json").read_text())
+    assert record["bytes"] == 2 * h.numel() * 4
+    assert vae_spill.disk_write_rate(tmp_path) == record["bytes_per_second"] > 0

@@ -15,13 +15,16 @@ default ``~/.cache/seesr``) — deliberately not ``/tmp``, which is RAM-backed (
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -73,15 +76,18 @@ def free_disk_bytes(root: Path | None = None) -> int:
     return int(shutil.disk_usage(path).free)
 
 
-#: sustained write rate assumed for the spill disk, bytes/s: what ``dd … conv=fdatasync`` of 1-2 GB measured on
-#: the development VM's cloud volume (150 MB/s; the spill runs there wrote 150-270 MB/s). A short probe is no
-#: guide: 64-256 MiB probes measured 0.37-1.5 GB/s there, absorbed by the host's caches.
+#: write rate assumed for the spill disk until a run here has measured one, bytes/s: what ``dd … conv=fdatasync``
+#: of 1-2 GB measured on the development VM's cloud volume on a busy day (150 MB/s; the same disk sustained
+#: 350-410 MB/s of writes during a 12000x8000 run). A short probe is no guide: 64-256 MiB probes measured
+#: 0.37-1.5 GB/s there, absorbed by the host's caches.
 DEFAULT_DISK_RATE = 150e6
+_RATE_FILE = "disk_rate.json"
 
 
-def disk_write_rate() -> float:
-    """Sustained write rate (bytes/s) the planner assumes for the spill disk: ``$SEESR_SPILL_DISK_MBPS`` (MB/s)
-    if set, else :data:`DEFAULT_DISK_RATE`."""
+def disk_write_rate(root: Path | None = None) -> float:
+    """Write rate (bytes/s) the planner assumes for the spill disk: ``$SEESR_SPILL_DISK_MBPS`` (MB/s) if set,
+    else what the last disk-bound spill run under ``root`` achieved (``<root>/disk_rate.json``, written by
+    :class:`TileSpill`), else :data:`DEFAULT_DISK_RATE`."""
     explicit = os.environ.get("SEESR_SPILL_DISK_MBPS")
     if explicit:
         try:
@@ -91,7 +97,23 @@ def disk_write_rate() -> float:
         if rate <= 0:
             raise ValueError(f"SEESR_SPILL_DISK_MBPS must be a positive number of MB/s, got {explicit!r}")
         return rate
-    return DEFAULT_DISK_RATE
+    try:
+        recorded = json.loads(((root or default_spill_root()) / _RATE_FILE).read_text())
+        return float(recorded["bytes_per_second"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_DISK_RATE
+
+
+def _record_rate(root: Path, bytes_written: int, seconds: float) -> None:
+    """Remember a disk-bound run's traffic over its wall time (a lower bound of the disk's rate: the compute
+    ran in the same seconds), for :func:`disk_write_rate`."""
+    record = {
+        "bytes_per_second": bytes_written / seconds,
+        "bytes": bytes_written,
+        "seconds": round(seconds, 1),
+    }
+    with contextlib.suppress(OSError):  # only a planning hint
+        (root / _RATE_FILE).write_text(json.dumps(record))
 
 
 def writeback_allowance() -> int:
@@ -141,10 +163,12 @@ class TileSpill:
         self.folder: Path | None = None
         self._meta: dict[int, list[_Saved | str | None]] = {}
         self.bytes_on_disk = self.peak_bytes = self.bytes_written = 0
+        self._started = 0.0
 
     def __enter__(self) -> TileSpill:
         self.root.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix=f"vae-{uuid.uuid4().hex[:8]}-", dir=self.root))
+        self._started = time.perf_counter()
         return self
 
     def __exit__(
@@ -153,6 +177,9 @@ class TileSpill:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+            # a run whose files outgrew what the page cache absorbs measured the disk: remember its rate
+            if kind is None and self.peak_bytes > 2 * writeback_allowance() > 0:
+                _record_rate(self.root, self.bytes_written, time.perf_counter() - self._started)
         self._meta.clear()
         self.bytes_on_disk = 0
 

@@ -163,7 +163,7 @@ class Plan:
         if self.disk_bytes:
             vae += f" ({self.disk_bytes / GIB:.2f} GiB spill files"
             if self.spill_io_seconds:
-                vae += f", about {_duration(self.spill_io_seconds)} of disk writes"
+                vae += f", about {_duration(self.spill_io_seconds)} of disk writes beside the compute"
             vae += ")"
         return (
             f"{self.input_size[0]}x{self.input_size[1]} -> processed {w}x{h}; latent tiles {r}x{c} of "
@@ -272,7 +272,8 @@ def plan_image(
         disk_rate: write rate (bytes/s) of the spill disk (default: ``vae_spill.disk_write_rate``, measured
             once); writeback: bytes of fresh files the page cache holds before writing them (default:
             ``vae_spill.writeback_allowance``). With "spill" statistics, each GroupNorm's files beyond
-            ``writeback`` are written at ``disk_rate``: that time is added (``Plan.spill_io_seconds``).
+            ``writeback`` are written at ``disk_rate`` (``Plan.spill_io_seconds``) while the next tiles
+            compute: a VAE stage is predicted to take the longer of its compute and its disk writes.
     """
     from seesr.pipeline.sizing import plan_sizes
     from seesr.pipeline.vae_memory import estimate_vae_peak_bytes
@@ -340,18 +341,21 @@ def plan_image(
     steps = sampling.num_inference_steps
     overlap_factor = grid[0] * grid[1] * tile_px / max(1, lh * lw)
     enc_factor, dec_factor = vae_time_factors(tiling)
+    encode_s = r.vae_encode * n_px * enc_factor
+    decode_s = r.vae_decode * n_px * dec_factor
+    io_encode = io_decode = 0.0
+    if bounded and tiling.vae_bounded_stats == "spill":
+        io_encode, io_decode = _spill_io_seconds(
+            (ph, pw), (lh, lw), tiling, channels, s, disk_rate=disk_rate, writeback=writeback
+        )
+    # the kernel writes the files back while the next tiles compute: a VAE stage takes the longer of the two
     seconds = images * (
         r.fixed
         + r.denoise * lh * lw * overlap_factor * batch * steps
-        + r.vae_encode * n_px * enc_factor
-        + r.vae_decode * n_px * dec_factor
+        + max(encode_s, io_encode)
+        + max(decode_s, io_decode)
     )
-    io_seconds = 0.0
-    if bounded and tiling.vae_bounded_stats == "spill":
-        io_seconds = images * _spill_io_seconds(
-            (ph, pw), (lh, lw), tiling, channels, s, disk_rate=disk_rate, writeback=writeback
-        )
-        seconds += io_seconds
+    io_seconds = images * (io_encode + io_decode)
     disk_ok = disk == 0 or disk * SPILL_DISK_MARGIN <= (free_disk if free_disk is not None else _free_disk())
     return Plan(
         input_size=(int(size[0]), int(size[1])),
@@ -381,21 +385,23 @@ def _spill_io_seconds(
     *,
     disk_rate: float | None,
     writeback: int | None,
-) -> float:
-    """Seconds the spill files of one image's VAE encode + decode spend reaching the disk: at each GroupNorm the
-    bytes beyond what the page cache absorbs (``writeback``) go at ``disk_rate`` (read back from the cache)."""
+) -> tuple[float, float]:
+    """(encoder, decoder) seconds the spill files of one image take to reach the disk: at each GroupNorm the
+    bytes beyond what the page cache absorbs (``writeback``) go at ``disk_rate``."""
     from seesr.pipeline import vae_spill
     from seesr.pipeline.vae_memory import spill_barrier_bytes
 
     kw = dict(block_out_channels=channels, live_tiles=tiling.vae_live_tiles, dtype_bytes=dtype_bytes)
-    barriers = spill_barrier_bytes(*image_hw, tiling.vae_encoder_tile_size, part="encoder", **kw)  # type: ignore[arg-type]
-    barriers += spill_barrier_bytes(*latent_hw, tiling.vae_decoder_tile_size, part="decoder", **kw)  # type: ignore[arg-type]
     allowance = vae_spill.writeback_allowance() if writeback is None else writeback
-    beyond = sum(max(0, b - allowance) for b in barriers)
-    if beyond == 0:
-        return 0.0
+    parts = (
+        spill_barrier_bytes(*image_hw, tiling.vae_encoder_tile_size, part="encoder", **kw),  # type: ignore[arg-type]
+        spill_barrier_bytes(*latent_hw, tiling.vae_decoder_tile_size, part="decoder", **kw),  # type: ignore[arg-type]
+    )
+    beyond = [sum(max(0, b - allowance) for b in barriers) for barriers in parts]
+    if not any(beyond):
+        return 0.0, 0.0
     rate = vae_spill.disk_write_rate() if disk_rate is None else disk_rate
-    return beyond / rate
+    return beyond[0] / rate, beyond[1] / rate
 
 
 def _free_disk() -> int:
