@@ -80,7 +80,8 @@ def estimate_vae_peak_bytes(
     full = scale * scale if is_dec else 1  # full-resolution pixels per input pixel
     biggest = max(areas) * full
     if mode == "bounded":
-        act = min(live_tiles, len(areas)) * work_ch * biggest
+        # the running tile's working set; the other live tiles only wait at a barrier (state + residual)
+        act = (work_ch + (min(live_tiles, len(areas)) - 1) * kept_ch) * biggest
     else:
         act = kept_ch * sum(areas) * full + work_ch * biggest
     out_px = h * w * scale * scale if is_dec else (h // scale) * (w // scale)
