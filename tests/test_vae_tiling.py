@@ -9,14 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from seesr.pipeline.tiling import TileBox
+from seesr.pipeline.vae_ops import decoder_ops, encoder_ops
 from seesr.pipeline.vae_tiling import (
     VaeTile,
     _run_tiled,
     best_tile_size,
     decoder_needs_tiling,
-    decoder_ops,
     encoder_needs_tiling,
-    encoder_ops,
     split_tiles,
     tiled_decode,
     tiled_encode,

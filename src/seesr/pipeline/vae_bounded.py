@@ -30,16 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seesr.pipeline.vae_tiling import (
-    VaeTile,
-    _apply_group_norm,
-    _group_var_mean,
-    _Op,
-    _run_tiled,
-    _self_attention,
-    _shared_stats,
-    _valid_crop,
-)
+from seesr.pipeline.vae_ops import Op, apply_group_norm, group_var_mean, self_attention, shared_stats
+from seesr.pipeline.vae_tiling import VaeTile, _run_tiled, _valid_crop
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +65,7 @@ class LiveTileCounter:
 LIVE_TILES = LiveTileCounter()
 
 
-def _run_one(ops: list[_Op], h: Tensor, stats: GroupStats, stop_at: int | None = None) -> Tensor:
+def _run_one(ops: list[Op], h: Tensor, stats: GroupStats, stop_at: int | None = None) -> Tensor:
     """Run the flat op list on one tile ``(B, C, h, w)`` end to end (or up to a GroupNorm).
 
     The ``k``-th GroupNorm normalises with the fixed ``stats[k]`` instead of the tile's own statistics. With
@@ -86,7 +78,7 @@ def _run_one(ops: list[_Op], h: Tensor, stats: GroupStats, stop_at: int | None =
             if k == stop_at:
                 return h
             var, mean = stats[k]
-            h = _apply_group_norm(h, op.module, var, mean)
+            h = apply_group_norm(h, op.module, var, mean)
             k += 1
         elif op.kind == "apply":
             assert op.fn is not None  # "apply"/"store" ops always carry fn
@@ -101,7 +93,7 @@ def _run_one(ops: list[_Op], h: Tensor, stats: GroupStats, stop_at: int | None =
                 h = h / op.factor
             res = None
         elif op.kind == "attn":
-            h = _self_attention(op.module, h)
+            h = self_attention(op.module, h)
         else:  # pragma: no cover - the op list is built by vae_tiling
             raise AssertionError(op.kind)
     return h
@@ -139,7 +131,7 @@ def sample_tiles(tiles: list[VaeTile], live_tiles: int) -> list[VaeTile]:
 
 
 def sampled_stats(
-    ops: list[_Op],
+    ops: list[Op],
     x: Tensor,
     tiles: list[VaeTile],
     live_tiles: int,
@@ -163,7 +155,7 @@ def sampled_stats(
 
 
 def recomputed_stats(
-    ops: list[_Op], x: Tensor, tiles: list[VaeTile], prepare: Callable[[Tensor], Tensor] | None = None
+    ops: list[Op], x: Tensor, tiles: list[VaeTile], prepare: Callable[[Tensor], Tensor] | None = None
 ) -> GroupStats:
     """The exact mode's shared GroupNorm statistics, one tile alive at a time, by recomputation.
 
@@ -182,15 +174,15 @@ def recomputed_stats(
         for t in order:
             with LIVE_TILES.tile():
                 h = _run_one(ops, _crop(x, tiles[t], prepare), stats, stop_at=k)
-                var, mean = _group_var_mean(h, groups)
+                var, mean = group_var_mean(h, groups)
                 per_tile.append((var, mean, h.shape[2] * h.shape[3]))
                 del h
-        stats.append(_shared_stats(per_tile))
+        stats.append(shared_stats(per_tile))
     return stats
 
 
 def run_bounded(
-    ops: list[_Op],
+    ops: list[Op],
     x: Tensor,
     tiles: list[VaeTile],
     out_hw: tuple[int, int],

@@ -7,7 +7,7 @@ upscaler. This module re-expresses that behaviour over the diffusers ``Encoder``
    pixels of context on each side (32 image px for the encoder, 11 latent px for the decoder) so that the
    convolutions see (almost) the same neighbourhood as in the untiled forward.
 2. The forward is flattened into a list of elementary operations (convolutions, activations, residual
-   store/add, attention, down/up-samplers). Every GroupNorm is a barrier: all tiles are advanced to it, the
+   store/add, attention, down/up-samplers; ``vae_ops``). Every GroupNorm is a barrier: all tiles are advanced to it, the
    per-tile group mean/variance (biased) are averaged weighted by the tiles' pixel counts (overlaps counted,
    as the official code does), and every tile is normalised with those shared statistics (eps 1e-6, then
    the GroupNorm affine).
@@ -32,23 +32,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seesr.config import TilingConfig
 from seesr.pipeline.tiling import TileBox
+from seesr.pipeline.vae_ops import (
+    Op,
+    apply_group_norm,
+    decoder_ops,
+    encoder_ops,
+    group_var_mean,
+    sampling_factor,
+    self_attention,
+    shared_stats,
+)
 from seesr.pipeline.vae_spill import TileSpill
 
 logger = logging.getLogger(__name__)
 
 ENCODER_PAD = 32
 DECODER_PAD = 11
-_GN_EPS = 1e-6
 _VAE_SCALE = 8
 
 
@@ -139,176 +146,11 @@ def split_tiles(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The forward as a flat list of operations
-
-
-@dataclass(frozen=True)
-class _Op:
-    """One step of the flattened forward.
-
-    kind: "apply" (x = fn(x)), "norm" (GroupNorm barrier, module = the nn.GroupNorm), "store" (residual =
-    fn(x)), "add" (x = (x + residual) / factor), "attn" (per-tile self-attention, module = the Attention).
-    """
-
-    kind: str
-    fn: Callable[[Tensor], Tensor] | None = None
-    module: Any = None
-    factor: float = 1.0
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-# The helpers below take the diffusers VAE blocks as ``Any``: their submodules are reached by attribute name,
-# which torch types as ``Tensor | Module`` (diffusers itself is untyped here), so no precise type exists.
-
-
-def _resnet_ops(block: Any) -> list[_Op]:
-    if getattr(block, "upsample", None) is not None or getattr(block, "downsample", None) is not None:
-        raise ValueError(f"tiled VAE: resampling ResNet blocks are not supported ({type(block).__name__})")
-    if getattr(block, "time_embedding_norm", "default") not in ("default", "group"):
-        raise ValueError(
-            f"tiled VAE: unsupported ResNet norm {block.time_embedding_norm!r}; expected GroupNorm"
-        )
-    shortcut = block.conv_shortcut if block.conv_shortcut is not None else _identity
-    act = block.nonlinearity
-    return [
-        _Op("store", fn=shortcut),
-        _Op("norm", module=_as_group_norm(block.norm1)),
-        _Op("apply", fn=act),
-        _Op("apply", fn=block.conv1),
-        _Op("norm", module=_as_group_norm(block.norm2)),
-        _Op("apply", fn=act),
-        _Op("apply", fn=block.dropout),
-        _Op("apply", fn=block.conv2),
-        _Op("add", factor=float(block.output_scale_factor)),
-    ]
-
-
-def _attention_ops(attn: Any) -> list[_Op]:
-    if getattr(attn, "spatial_norm", None) is not None or attn.group_norm is None:
-        raise ValueError("tiled VAE: the mid-block attention must use a plain GroupNorm (no spatial norm)")
-    ops = [_Op("norm", module=_as_group_norm(attn.group_norm)), _Op("attn", module=attn)]
-    if attn.residual_connection:
-        ops = [_Op("store", fn=_identity), *ops, _Op("add", factor=float(attn.rescale_output_factor))]
-    elif attn.rescale_output_factor != 1.0:
-        factor = float(attn.rescale_output_factor)
-        ops.append(_Op("apply", fn=lambda x: x / factor))
-    return ops
-
-
-def _mid_ops(mid: Any) -> list[_Op]:
-    ops = _resnet_ops(mid.resnets[0])
-    for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
-        if attn is not None:
-            ops += _attention_ops(attn)
-        ops += _resnet_ops(resnet)
-    return ops
-
-
-def _as_group_norm(module: nn.Module) -> nn.GroupNorm:
-    if not isinstance(module, nn.GroupNorm):
-        raise ValueError(f"tiled VAE: expected nn.GroupNorm, got {type(module).__name__}")
-    return module
-
-
-def _tail_ops(net: Any) -> list[_Op]:
-    return [
-        _Op("norm", module=_as_group_norm(net.conv_norm_out)),
-        _Op("apply", fn=net.conv_act),
-        _Op("apply", fn=net.conv_out),
-    ]
-
-
-def encoder_ops(encoder: nn.Module) -> list[_Op]:
-    """Flatten a diffusers ``Encoder`` forward: conv_in, down blocks, mid block, norm_out, act, conv_out."""
-    enc: Any = encoder  # see the note above _resnet_ops
-    ops = [_Op("apply", fn=enc.conv_in)]
-    for block in enc.down_blocks:
-        for resnet in block.resnets:
-            ops += _resnet_ops(resnet)
-        for down in block.downsamplers or []:
-            ops.append(_Op("apply", fn=down))
-    ops += _mid_ops(enc.mid_block)
-    return ops + _tail_ops(enc)
-
-
-def decoder_ops(decoder: nn.Module) -> list[_Op]:
-    """Flatten a diffusers ``Decoder`` forward: conv_in, mid block, up blocks, norm_out, act, conv_out."""
-    dec: Any = decoder  # see the note above _resnet_ops
-    ops = [_Op("apply", fn=dec.conv_in)]
-    ops += _mid_ops(dec.mid_block)
-    # Some diffusers versions run the up blocks in their own dtype (``upscale_dtype``); follow the parameters.
-    up_dtype: torch.dtype = next(iter(dec.up_blocks.parameters())).dtype
-    ops.append(_Op("apply", fn=lambda x: x.to(up_dtype)))
-    for block in dec.up_blocks:
-        for resnet in block.resnets:
-            ops += _resnet_ops(resnet)
-        for up in block.upsamplers or []:
-            ops.append(_Op("apply", fn=up))
-    return ops + _tail_ops(dec)
-
-
-def _sampling_factor(blocks: nn.ModuleList, attr: str) -> int:
-    """Spatial factor of a VAE half: 2 per down/up-sampler (8 for the SD VAEs)."""
-    return 2 ** sum(len(getattr(block, attr, None) or []) for block in blocks)
-
-
-def _self_attention(attn: Any, x: Tensor) -> Tensor:
-    """Single-tile self-attention of a diffusers ``Attention`` on an already group-normalised (B, C, H, W)."""
-    b, c, h, w = x.shape
-    tokens = x.reshape(b, c, h * w).transpose(1, 2)
-    q, k, v = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)
-    heads = attn.heads
-    q, k, v = (t.reshape(b, h * w, heads, -1).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    out = out.transpose(1, 2).reshape(b, h * w, -1).to(q.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    return out.transpose(1, 2).reshape(b, c, h, w)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# GroupNorm with shared statistics
-
-
-def _group_var_mean(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
-    """Biased per-(batch, group) variance and mean, in >= float32 (fp16 variances overflow on large images)."""
-    b = x.shape[0]
-    flat = x.reshape(b, groups, -1).to(torch.promote_types(x.dtype, torch.float32))
-    var, mean = torch.var_mean(flat, dim=2, unbiased=False)
-    return var, mean
-
-
-def _shared_stats(stats: Sequence[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor]:
-    """Pixel-count-weighted average of per-tile (var, mean), weights normalised like the official code."""
-    pixels = torch.tensor([p for _, _, p in stats], dtype=torch.float32, device=stats[0][0].device)
-    pixels = pixels / pixels.max()
-    pixels = (pixels / pixels.sum()).reshape(-1, 1, 1)
-    var = (torch.stack([s[0] for s in stats]) * pixels).sum(dim=0)
-    mean = (torch.stack([s[1] for s in stats]) * pixels).sum(dim=0)
-    return var, mean
-
-
-def _apply_group_norm(x: Tensor, norm: nn.GroupNorm, var: Tensor, mean: Tensor) -> Tensor:
-    b, c = x.shape[:2]
-    groups = norm.num_groups
-    work = x.reshape(b, groups, -1).to(var.dtype)
-    out = (work - mean[..., None]) * torch.rsqrt(var[..., None] + _GN_EPS)
-    out = out.reshape(x.shape)
-    if norm.weight is not None:
-        out = out * norm.weight.to(out.dtype).reshape(1, c, 1, 1)
-    if norm.bias is not None:
-        out = out + norm.bias.to(out.dtype).reshape(1, c, 1, 1)
-    return out.to(x.dtype)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Executor
 
 
 def _run_tiled(
-    ops: list[_Op],
+    ops: list[Op],
     x: Tensor,
     tiles: list[VaeTile],
     out_hw: tuple[int, int],
@@ -329,7 +171,7 @@ def _run_tiled(
     finished tile outlives its turn; ``finish`` (elementwise) maps the crop first, e.g. to uint8 codes.
     """
     device = x.device if prepare is None else prepare(x[:, :, :1, :1]).device
-    shared_stats: list[tuple[Tensor, Tensor]] = []
+    used_stats: list[tuple[Tensor, Tensor]] = []
     states: list[Tensor | None] = [
         x[:, :, t.input_box.y0 : t.input_box.y1, t.input_box.x0 : t.input_box.x1] for t in tiles
     ]
@@ -352,7 +194,7 @@ def _run_tiled(
                 res = residuals[t]
                 res = res.to(device) if res is not None else None
             if shared is not None:
-                h = _apply_group_norm(h, *shared)
+                h = apply_group_norm(h, *shared)
             for op in ops[start:end]:
                 if op.kind == "apply":
                     assert op.fn is not None  # "apply"/"store" ops always carry fn (built above)
@@ -367,7 +209,7 @@ def _run_tiled(
                         h = h / op.factor
                     res = None
                 elif op.kind == "attn":
-                    h = _self_attention(op.module, h)
+                    h = self_attention(op.module, h)
                 else:  # pragma: no cover - the op list is built above
                     raise AssertionError(op.kind)
             if end == len(ops):  # finished: straight into the output
@@ -384,7 +226,7 @@ def _run_tiled(
                 ob = tiles[t].output_box
                 result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = piece
                 continue
-            var, mean = _group_var_mean(h, ops[end].module.num_groups)
+            var, mean = group_var_mean(h, ops[end].module.num_groups)
             stats.append((var, mean, h.shape[2] * h.shape[3]))
             # the order alternates, so the tiles visited last are needed first: those stay in memory
             if spill is not None and position < len(tiles) - spill.keep_in_memory:
@@ -397,14 +239,14 @@ def _run_tiled(
             states[t], residuals[t] = h, res
         if end == len(ops):
             break
-        var, mean = _shared_stats(stats)
+        var, mean = shared_stats(stats)
         shared = (ops[end].module, var, mean)
-        shared_stats.append((var, mean))
+        used_stats.append((var, mean))
         start = end + 1
         forward = not forward
 
     if stats_out is not None:
-        stats_out.append(shared_stats)
+        stats_out.append(used_stats)
     if result is None:  # statistics only: no output assembled
         return x.new_empty(0)
     return result
@@ -440,7 +282,7 @@ def _check_mode(mode: str) -> None:
 
 
 def _execute(
-    ops: list[_Op],
+    ops: list[Op],
     x: Tensor,
     tiles: list[VaeTile],
     out_hw: tuple[int, int],
@@ -543,7 +385,7 @@ def tiled_encode(
     if not encoder_needs_tiling(h, w, tile_size, pad):
         out = encoder(prepare(x) if prepare is not None else x)
         return out if out_dtype is None else out.to(out_dtype)
-    scale = _sampling_factor(cast(nn.ModuleList, encoder.down_blocks), "downsamplers")
+    scale = sampling_factor(cast(nn.ModuleList, encoder.down_blocks), "downsamplers")
     if tile_size % scale:
         # otherwise the tiles' cores need not be multiples of it, and their latents would not line up
         raise ValueError(f"encoder tile size must be a multiple of {scale}, got {tile_size}")
@@ -619,7 +461,7 @@ def tiled_decode(
         out = decoder(z)
         out = out if out_dtype is None else out.to(out_dtype)
         return finish(out) if finish is not None else out
-    scale = _sampling_factor(cast(nn.ModuleList, decoder.up_blocks), "upsamplers")
+    scale = sampling_factor(cast(nn.ModuleList, decoder.up_blocks), "upsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=True, scale=scale)
     logger.debug(
         "tiled VAE decoder: %dx%d latent in %d tiles (tile %d, pad %d)", h, w, len(tiles), tile_size, pad
