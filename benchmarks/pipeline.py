@@ -142,7 +142,8 @@ def single(args: argparse.Namespace) -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = pipe(lr, sampling, tiling, show_progress=False)
+    # the result in the bytes it is written in, as `seesr upscale` and the UI ask for (the API's default is float32)
+    result = pipe(lr, sampling, tiling, show_progress=False, output_dtype=torch.uint8)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     sec = time.perf_counter() - t0
