@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+
+def launch(nproc: int, seesr_args: Sequence[str], threads: int) -> tuple[float, float]:
+    """Run ``python -m seesr <seesr_args>`` in ``nproc`` processes (torchrun when > 1) with ``threads`` torch
+    threads each; (wall s, CPU s of every process). Exits with the tail of stderr when the run fails."""
+    dist = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    cmd = [sys.executable, *dist, "-m", "seesr", *seesr_args]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{nproc} process(es) failed:\n{proc.stderr[-3000:]}")
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def alternate(

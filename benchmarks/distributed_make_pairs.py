@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _alternating import alternate, print_table
+from _alternating import alternate, launch, print_table
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
@@ -30,20 +26,11 @@ FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" /
 def run_once(nproc: int, gt: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
     """(wall seconds, CPU seconds of every process of the run)."""
     shutil.rmtree(out, ignore_errors=True)
-    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
-    cmd = [
-        sys.executable, *launch, "-m", "seesr", "make-pairs", "--gt", str(gt), "--out", str(out),
+    seesr_args = [
+        "make-pairs", "--gt", str(gt), "--out", str(out),
         "--epochs", str(args.epochs), "--device", args.device, "--no-progress",
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{nproc} process(es) failed:\n{proc.stderr[-3000:]}")
-    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return launch(nproc, seesr_args, args.threads)
 
 
 def tree(root: Path) -> dict[str, bytes]:

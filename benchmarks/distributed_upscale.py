@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _alternating import alternate, print_table
+from _alternating import alternate, launch, print_table
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = Path(os.environ.get("SEESR_FIXTURES", HERE.parent.parent / "shared" / "fixtures"))
@@ -54,24 +51,12 @@ def make_inputs(folder: Path, count: int, size: int) -> None:
 
 def run_once(nproc: int, src: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
     """(wall seconds, CPU seconds of every process of the run)."""
-    import resource
-
     shutil.rmtree(out, ignore_errors=True)
-    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
-    cmd = [
-        sys.executable, *launch, "-m", "seesr", "upscale", str(src), "-o", str(out),
+    seesr_args = [
+        "upscale", str(src), "-o", str(out),
         "--steps", str(args.steps), "--process-size", str(args.process_size), *weights_flags(),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if proc.returncode != 0:
-        raise SystemExit(f"{nproc} process(es) failed:\n{proc.stderr[-3000:]}")
-    return seconds, cpu
+    return launch(nproc, seesr_args, args.threads)
 
 
 def main() -> None:
