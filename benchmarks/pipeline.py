@@ -107,7 +107,7 @@ def _instrument(pipe, stages: dict) -> None:
     wrap(pipe, "encode_lr", "vae_encode")
     wrap(pipe, "_predict_noise", "denoise")
     wrap(pipe, "decode_latents", "vae_decode")
-    wrap(pl, "finish_image", "color_fix_resize")
+    wrap(pl.finishing, "finish_image", "color_fix_resize")
 
 
 def single(args: argparse.Namespace) -> None:

@@ -218,19 +218,45 @@ def test_decoder_hands_over_uint8_codes_on_the_8bit_chain(pipe, lr, monkeypatch)
 
     lr8 = torch.round(lr * 255) / 255  # an 8-bit image
     seen: list[torch.dtype] = []
-    original = pl.finish_image
+    original = pl.finishing.finish_image
 
     def spy(decoded, *args, **kwargs):
         seen.append(decoded.dtype)
         return original(decoded, *args, **kwargs)
 
-    monkeypatch.setattr(pl, "finish_image", spy)
+    monkeypatch.setattr(pl.finishing, "finish_image", spy)
     sampling = SamplingConfig(num_inference_steps=1, process_size=64)
     tiling = TilingConfig(vae_decoder_tile_size=8)  # the 24x32 latent in several decoder tiles
     plain = pipe(lr8, sampling, tiling, show_progress=False).image
     traced = pipe(lr8, sampling, tiling, show_progress=False, return_trace=True).image
     assert seen == [torch.uint8, torch.float32]
     assert torch.equal(plain, traced)
+
+
+def test_adain_result_takes_the_decoder_codes_memory(pipe, lr, monkeypatch):
+    """On the 8-bit chain at the output size the finished image is the decoder's uint8 codes array, colour-fixed
+    in place (one full-size array after decoding), and the same bytes as the traced run."""
+    from seesr.config import TilingConfig
+    from seesr.pipeline import pipeline as pl
+
+    lr8 = torch.round(lr * 255) / 255
+    pointers: list[int] = []
+    original = pl.SeeSRPipeline.decode_latents
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        pointers.append(out.data_ptr())
+        return out
+
+    monkeypatch.setattr(pl.SeeSRPipeline, "decode_latents", spy)
+    sampling = SamplingConfig(num_inference_steps=1, process_size=64, color_fix="adain")
+    for tile in (8, 64):  # tiled decoder, whole decoder
+        tiling = TilingConfig(vae_decoder_tile_size=tile)
+        plain = pipe(lr8, sampling, tiling, show_progress=False, output_dtype=torch.uint8).image
+        assert plain.data_ptr() == pointers[-1], tile
+        traced = pipe(lr8, sampling, tiling, show_progress=False, return_trace=True, output_dtype=torch.uint8)
+        assert traced.image.data_ptr() != pointers[-1]
+        assert torch.equal(plain, traced.image), tile
 
 
 def test_one_step_keeps_no_condition_embeddings(pipe, lr):

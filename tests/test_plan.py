@@ -64,11 +64,11 @@ def test_budget_chooses_the_settings_and_refuses_what_cannot_fit():
     big = plan_image((4000, 3000), sampling, tight.tiling, budget=100 * GIB, **kw)
     exact_big = plan_image((4000, 3000), sampling, roomy.tiling, budget=100 * GIB, **kw)
 
-    def activations(
-        plan, size
-    ):  # the decode stage minus the input, lr_up and the decoder's output (uint8 codes)
-        pixels = plan.processed[0] * plan.processed[1]
-        return plan.stages["vae_decode"] - size[0] * size[1] * 24 - (3 + 3) * pixels
+    def activations(plan, size):  # the decode stage minus the input and the decoder's output (uint8 codes)
+        pixels = (
+            plan.processed[0] * plan.processed[1]
+        )  # (AdaIN: the condition image is freed before decoding)
+        return plan.stages["vae_decode"] - size[0] * size[1] * 24 - 3 * pixels
 
     huge = plan_image((8000, 6000), sampling, tight.tiling, budget=100 * GIB, **kw)
     # one full decoder tile alive, whatever the grid: 4x the pixels, the same activation bytes
@@ -141,8 +141,8 @@ def test_the_output_cap_is_the_plan_and_the_user_can_still_set_one(
     argv = ["upscale", str(src), "-o", str(tmp_path / "o"), *_weights_argv(fixtures_dir), "--plan"]
     assert main([*argv, "--max-memory", "2TB"]) == 0
     assert "processed 19200x14400" in capsys.readouterr().out
-    assert main([*argv, "--max-memory", "4GB"]) == 1
-    assert "over the memory budget of 4.00 GiB" in capsys.readouterr().err
+    assert main([*argv, "--max-memory", "2GB"]) == 1
+    assert "over the memory budget of 2.00 GiB" in capsys.readouterr().err
     assert main([*argv, "--max-memory", "2TB", "--max-output-pixels", str(16384 * 16384)]) == 1
     assert "over the output cap of 268435456 (--max-output-pixels)" in capsys.readouterr().err
 

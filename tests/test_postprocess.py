@@ -251,3 +251,50 @@ def test_finishing_the_decoder_codes_equals_finishing_the_float_output(method):
             assert torch.equal(got, want), (method, target, out_dtype)
     with pytest.raises(ValueError, match="8-bit chain"):
         banded.finish_image(codes, lr_up, method, (80, 96), quantize=False)
+
+
+@pytest.mark.parametrize("method", ["adain", "none"])
+def test_per_pixel_fixes_overwrite_the_decoder_codes(method):
+    """At the output size a per-pixel fix (AdaIN's table, none) writes the result over the decoder's codes when
+    allowed: the same bytes as the banded path, in the same memory (no second full-size array). AdaIN may get
+    the condition image's statistics instead of the image (the pipeline frees it before decoding)."""
+    decoded, lr_up = _inputs(96, 80, seed=5)
+    lr = torch.round(lr_up * 255).to(torch.uint8)
+    codes = banded.pipeline_codes(decoded).contiguous(memory_format=torch.channels_last)
+    want = banded.finish_image(codes, lr, method, (80, 96), quantize=True, rows=11, out_dtype=torch.uint8)
+    reference = (
+        banded.reference_stats(lr, quantize=True, target_wh=(80, 96), rows=11) if method == "adain" else None
+    )
+    mine = codes.clone(memory_format=torch.channels_last)
+    got = banded.finish_image(
+        mine, reference, method, (80, 96), quantize=True, rows=11, out_dtype=torch.uint8, overwrite=True
+    )
+    assert torch.equal(got, want)
+    assert got.data_ptr() == mine.data_ptr()
+    if method == "adain":
+        assert not torch.equal(mine, codes)  # it was overwritten: the fix changes codes
+    # a resize, a float result or a contiguous (C, H, W) array: a new result, the input left alone
+    for target, out_dtype, src in (
+        ((81, 97), torch.uint8, codes.clone(memory_format=torch.channels_last)),
+        ((80, 96), torch.float32, codes.clone(memory_format=torch.channels_last)),
+        ((80, 96), torch.uint8, codes.contiguous()),
+    ):
+        before = src.clone()
+        out = banded.finish_image(
+            src, reference, method, target, quantize=True, rows=11, out_dtype=out_dtype, overwrite=True
+        )
+        expected = banded.finish_image(codes, lr, method, target, quantize=True, rows=11, out_dtype=out_dtype)
+        assert torch.equal(out, expected) and torch.equal(src, before) and out.data_ptr() != src.data_ptr()
+
+
+def test_reference_statistics_replace_the_condition_image_for_adain_only():
+    """On the float chain too the statistics give the same result; the fixes that read the image refuse them,
+    and a fix that needs a reference refuses none, in one line."""
+    decoded, lr_up = _inputs(64, 48, seed=6)
+    stats = banded.reference_stats(lr_up, quantize=False, target_wh=(50, 70))
+    want = banded.finish_image(decoded, lr_up, "adain", (50, 70), quantize=False)
+    assert torch.equal(banded.finish_image(decoded, stats, "adain", (50, 70), quantize=False), want)
+    with pytest.raises(ValueError, match="condition image itself"):
+        banded.finish_image(decoded, stats, "wavelet", (50, 70), quantize=False)
+    with pytest.raises(ValueError, match="needs the condition image"):
+        banded.finish_image(decoded, None, "adain", (50, 70), quantize=False)

@@ -17,6 +17,8 @@ is summed in float64 instead of torch's float32 cascade). ``tests/test_postproce
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -52,50 +54,64 @@ def quantise(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
 
 def finish_image(
     decoded: Tensor,
-    lr_up: Tensor,
+    reference: Tensor | color_fix.Stats | None,
     method: ColorFix,
     target_wh: tuple[int, int],
     *,
     quantize: bool,
     out_dtype: torch.dtype = torch.float32,
     rows: int | None = None,
+    overwrite: bool = False,
 ) -> Tensor:
     """Decoder output -> the final image, one band of rows at a time (see the module docstring).
 
     Args:
         decoded: (1, 3, H, W) VAE decoder output, about [-1, 1], any float dtype and device (read per band);
             on the 8-bit chain also its uint8 :func:`pipeline_codes` (a quarter of float32's bytes).
-        lr_up: (1, 3, H, W) condition image: uint8 codes (values k/255) or float in [0, 1].
+        reference: the colour reference: the (1, 3, H, W) condition image (uint8 codes, values k/255, or float
+            in [0, 1]); for AdaIN also just its statistics (:func:`reference_stats`, so that the caller can free
+            the condition image before decoding); ``None`` for ``method="none"``.
         method: "adain", "wavelet" or "none".
         target_wh: final (width, height).
         quantize: the official 8-bit chain (rounded pipeline output, truncated colour fix, Pillow on uint8).
         out_dtype: ``torch.float32`` (values in [0, 1]), ``torch.uint8`` or ``torch.uint16`` (what the image
             writer would write from the float result: ``round(x * 255)`` / ``round(x * 65535)``).
         rows: output rows per band (default :func:`band_rows`).
+        overwrite: the result may take ``decoded``'s memory, which is then overwritten: done when ``decoded``
+            is uint8 codes laid out as one (H, W, 3) array, the result is uint8 at the same size and the fix is
+            per pixel (AdaIN: a 256-entry table per channel; none). No second full-size array then exists.
 
     Returns:
         (1, 3, h_t, w_t) ``out_dtype`` on the CPU: a channels-last view of one (h_t, w_t, 3) array.
 
     Raises:
-        ValueError: shapes that do not match, or an unsupported ``out_dtype``.
+        ValueError: shapes that do not match, a missing reference, or an unsupported ``out_dtype``.
     """
-    if decoded.ndim != 4 or decoded.shape[:2] != (1, 3) or lr_up.shape != decoded.shape:
-        raise ValueError(
-            f"decoded {tuple(decoded.shape)} and lr_up {tuple(lr_up.shape)} must both be (1, 3, H, W)"
-        )
+    _check_reference(decoded, reference, method)
     if out_dtype not in _TOPS:
         raise ValueError(f"out_dtype must be one of {sorted(map(str, _TOPS))}, got {out_dtype}")
     h, w = decoded.shape[-2:]
     tw, th = target_wh
-    resampler = RowResampler((h, w), (th, tw))
     step = rows or band_rows(max(w, tw))
-    stats = _adain_stats(decoded, lr_up, quantize, step) if method == "adain" else None
+    stats = None
+    if method == "adain":
+        ref_stats = (
+            reference
+            if isinstance(reference, tuple)
+            else reference_stats(cast(Tensor, reference), quantize=quantize, target_wh=target_wh, rows=rows)
+        )
+        stats = (_image_stats(decoded, quantize, step), ref_stats)
+    if overwrite and _fixes_in_place(decoded, method, (tw, th), quantize, out_dtype):
+        if stats is not None:
+            _apply_table_in_place(decoded, _adain_table(*stats), step)
+        return decoded
+    resampler = RowResampler((h, w), (th, tw))
     out = torch.empty((th, tw, 3), dtype=out_dtype)
     target = out.numpy()
     for y0 in range(0, th, step):
         y1 = min(th, y0 + step)
         r0, r1 = resampler.source_rows(y0, y1)
-        fixed = _fixed_rows(decoded, lr_up, method, r0, r1, quantize=quantize, stats=stats)
+        fixed = _fixed_rows(decoded, reference, method, r0, r1, quantize=quantize, stats=stats)
         band = resampler.band(fixed, r0, y0, y1)
         if band.dtype == np.uint8 and out_dtype == torch.uint8:
             target[y0:y1] = band
@@ -130,7 +146,7 @@ def _sr_rows(decoded: Tensor, a: int, b: int, quantize: bool) -> tuple[Tensor, T
 
 def _fixed_rows(
     decoded: Tensor,
-    lr_up: Tensor,
+    reference: Tensor | color_fix.Stats | None,
     method: ColorFix,
     r0: int,
     r1: int,
@@ -150,7 +166,8 @@ def _fixed_rows(
         edges = {"top": a == 0, "bottom": b == h}
         first = a if a == 0 else a + halo  # the first row the low-pass bands keep
         low_img = color_fix.wavelet_lowpass_band(sr, **edges)[..., r0 - first : r1 - first, :]
-        ref = as_unit_float(lr_up[..., a:b, :].cpu())
+        assert isinstance(reference, Tensor)  # finish_image checked it
+        ref = as_unit_float(reference[..., a:b, :].cpu())
         low_ref = color_fix.wavelet_lowpass_band(ref, **edges)[..., r0 - first : r1 - first, :]
         fixed = ((sr[..., r0 - a : r1 - a, :] - low_img) + low_ref).clamp(0, 1)
     elif method == "none":
@@ -164,28 +181,98 @@ def _fixed_rows(
     return np.ascontiguousarray(fixed[0].permute(1, 2, 0).numpy())
 
 
-def _adain_stats(
-    decoded: Tensor, lr_up: Tensor, quantize: bool, step: int
-) -> tuple[color_fix.Stats, color_fix.Stats]:
-    """AdaIN statistics of the pipeline output and of the condition image, one band at a time."""
-    h = decoded.shape[-2]
+def reference_stats(
+    lr_up: Tensor, *, quantize: bool, target_wh: tuple[int, int], rows: int | None = None
+) -> color_fix.Stats:
+    """AdaIN statistics of the condition image, one band at a time: all that AdaIN needs of it, so the pipeline
+    computes them before decoding and frees the condition image (3 B/px on the 8-bit chain, 12 on the float one).
+
+    Args:
+        lr_up: (1, 3, H, W) condition image: uint8 codes or float in [0, 1].
+        quantize: the 8-bit chain (exact statistics of the uint8 codes) or the float one (float64 moments).
+        target_wh, rows: as given to :func:`finish_image` (the float moments are merged in its bands).
+
+    Returns:
+        ``(mean, std)``, each (1, 3, 1, 1) float32.
+    """
+    h, w = lr_up.shape[-2:]
+    step = rows or band_rows(max(w, target_wh[0]))
     if quantize:
-        hist_sr = torch.zeros(3, 256, dtype=torch.int64)
-        hist_ref = torch.zeros(3, 256, dtype=torch.int64)
+        hist = torch.zeros(3, 256, dtype=torch.int64)
         for a in range(0, h, step):
-            _, codes = _sr_rows(decoded, a, min(h, a + step), True)
-            assert codes is not None
-            hist_sr += color_fix.uint8_histogram(codes)
             ref = lr_up[..., a : a + step, :].cpu()
             if ref.dtype != torch.uint8:
                 ref = color_fix.to_uint8(ref.float(), rounding="round")
-            hist_ref += color_fix.uint8_histogram(ref)
-        return color_fix.uint8_stats(hist_sr), color_fix.uint8_stats(hist_ref)
-    moments_sr, moments_ref = _Moments(), _Moments()
+            hist += color_fix.uint8_histogram(ref)
+        return color_fix.uint8_stats(hist)
+    moments = _Moments()
     for a in range(0, h, step):
-        moments_sr.add(_sr_rows(decoded, a, min(h, a + step), False)[0])
-        moments_ref.add(as_unit_float(lr_up[..., a : a + step, :].cpu()))
-    return moments_sr.stats(), moments_ref.stats()
+        moments.add(as_unit_float(lr_up[..., a : a + step, :].cpu()))
+    return moments.stats()
+
+
+def _image_stats(decoded: Tensor, quantize: bool, step: int) -> color_fix.Stats:
+    """AdaIN statistics of the pipeline output, one band at a time."""
+    h = decoded.shape[-2]
+    if quantize:
+        hist = torch.zeros(3, 256, dtype=torch.int64)
+        for a in range(0, h, step):
+            _, codes = _sr_rows(decoded, a, min(h, a + step), True)
+            assert codes is not None
+            hist += color_fix.uint8_histogram(codes)
+        return color_fix.uint8_stats(hist)
+    moments = _Moments()
+    for a in range(0, h, step):
+        moments.add(_sr_rows(decoded, a, min(h, a + step), False)[0])
+    return moments.stats()
+
+
+def _check_reference(decoded: Tensor, reference: Tensor | color_fix.Stats | None, method: ColorFix) -> None:
+    if decoded.ndim != 4 or decoded.shape[:2] != (1, 3):
+        raise ValueError(f"decoded must be (1, 3, H, W), got {tuple(decoded.shape)}")
+    if isinstance(reference, Tensor):
+        if reference.shape != decoded.shape:
+            raise ValueError(
+                f"decoded {tuple(decoded.shape)} and lr_up {tuple(reference.shape)} must both be (1, 3, H, W)"
+            )
+    elif reference is None and method != "none":
+        raise ValueError(
+            f"the {method!r} colour fix needs the condition image (or, for AdaIN, its statistics)"
+        )
+    elif reference is not None and method != "adain":
+        raise ValueError(f"the {method!r} colour fix needs the condition image itself, not statistics")
+
+
+def _fixes_in_place(
+    decoded: Tensor, method: ColorFix, target_wh: tuple[int, int], quantize: bool, out_dtype: torch.dtype
+) -> bool:
+    """Whether the result can be written over ``decoded`` (see ``finish_image(overwrite=)``)."""
+    return (
+        quantize
+        and method in ("adain", "none")
+        and decoded.dtype == torch.uint8
+        and out_dtype == torch.uint8
+        and decoded.device.type == "cpu"
+        and (decoded.shape[-1], decoded.shape[-2]) == tuple(target_wh)
+        and decoded[0].permute(1, 2, 0).is_contiguous()
+    )
+
+
+def _adain_table(image_stats: color_fix.Stats, ref_stats: color_fix.Stats) -> np.ndarray:
+    """(3, 256) uint8: the colour-fixed code of every pipeline-output code, per channel — the band path's float
+    operations (code / 255, AdaIN, clamp, truncate) on all 256 codes, hence the same bytes."""
+    codes = torch.arange(256, dtype=torch.uint8).expand(1, 3, 1, 256)
+    fixed = color_fix.adain_transfer(codes.float() / 255, image_stats, ref_stats).clamp(0, 1)
+    return color_fix.to_uint8(fixed, rounding="truncate")[0, :, 0].numpy()
+
+
+def _apply_table_in_place(codes: Tensor, table: np.ndarray, step: int) -> None:
+    """``codes[c] = table[c][codes[c]]`` over a (1, 3, H, W) channels-last uint8 array, a band of rows at a time."""
+    pixels = codes[0].permute(1, 2, 0).numpy()  # (H, W, 3) view of the same memory
+    for a in range(0, pixels.shape[0], step):
+        band = pixels[a : a + step]
+        for c in range(3):
+            band[..., c] = table[c][band[..., c]]
 
 
 class _Moments:

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seesr.pipeline.vae_ops import Op, apply_group_norm, group_var_mean, self_attention, shared_stats
+from seesr.pipeline.vae_ops import (
+    Op,
+    apply_group_norm,
+    group_var_mean,
+    new_result,
+    self_attention,
+    shared_stats,
+)
 from seesr.pipeline.vae_tiling import VaeTile, _run_tiled, _valid_crop
 
 logger = logging.getLogger(__name__)
@@ -233,7 +240,7 @@ def run_bounded(
             if result is None:
                 shape = (x.shape[0], piece.shape[1], *out_hw)
                 dtype = piece.dtype if finish is not None else out_dtype or piece.dtype
-                result = torch.empty(shape, dtype=dtype, device=piece.device)
+                result = new_result(shape, dtype, piece.device, finished=finish is not None)
             ob = tile.output_box
             result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = piece
             del h

@@ -179,3 +179,11 @@ def apply_group_norm(x: Tensor, norm: nn.GroupNorm, var: Tensor, mean: Tensor) -
     if norm.bias is not None:
         out = out + norm.bias.to(out.dtype).reshape(1, c, 1, 1)
     return out.to(x.dtype)
+
+
+def new_result(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, finished: bool) -> Tensor:
+    """The tiled VAE's output, filled tile by tile (zeros until then). A ``finish``-ed output (the image's uint8
+    codes) is laid out as one (H, W, C) array: what the colour fix overwrites in place
+    (``postprocess.finish_image(overwrite=True)``) and the image writer reads without a copy."""
+    layout = torch.channels_last if finished and len(shape) == 4 else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=layout).zero_()

@@ -46,6 +46,7 @@ from seesr.pipeline.vae_ops import (
     decoder_ops,
     encoder_ops,
     group_var_mean,
+    new_result,
     sampling_factor,
     self_attention,
     shared_stats,
@@ -222,7 +223,7 @@ def _run_tiled(
                 if result is None:
                     shape = (x.shape[0], piece.shape[1], *out_hw)
                     dtype = piece.dtype if finish is not None else out_dtype or piece.dtype
-                    result = torch.zeros(shape, dtype=dtype, device=piece.device)
+                    result = new_result(shape, dtype, piece.device, finished=finish is not None)
                 ob = tiles[t].output_box
                 result[:, :, ob.y0 : ob.y1, ob.x0 : ob.x1] = piece
                 continue
@@ -460,7 +461,7 @@ def tiled_decode(
     if not decoder_needs_tiling(h, w, tile_size, pad):
         out = decoder(z)
         out = out if out_dtype is None else out.to(out_dtype)
-        return finish(out) if finish is not None else out
+        return finish(out).contiguous(memory_format=torch.channels_last) if finish is not None else out
     scale = sampling_factor(cast(nn.ModuleList, decoder.up_blocks), "upsamplers")
     tiles = split_tiles(h, w, tile_size, pad, is_decoder=True, scale=scale)
     logger.debug(

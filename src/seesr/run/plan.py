@@ -42,8 +42,12 @@ RUNTIME_OVERHEAD = 400 * MIB
 #: (:data:`OUTPUT_ARRAYS`) are full size; colour fix, resize and writer work in bands of rows (issue 13 item 4,
 #: docs/decisions.md "Bounded post-decode path")
 DECODED_ARRAYS = {"codes": 0.25, "float": 1.0}
-#: the result alone (the decoder output lives on the device when there is one), same units
+#: the result alone (the decoder output lives on the device when there is one), same units; none when the colour
+#: fix overwrites the decoder's codes (AdaIN or none, 8-bit, no resize: ``finish_image(overwrite=True)``)
 OUTPUT_ARRAYS = 0.5
+#: the in-place fix's band temporaries: its statistics pass reads about 1 Mpx of codes as float32 (12 MiB) and
+#: the 256-entry tables index a band's channel (8 bytes per pixel)
+IN_PLACE_BAND_BYTES = 32 * MIB
 #: the bands' temporaries: about 1 Mpx of rows (+ the wavelet's 62 halo rows), its dilated convolutions unfolded
 #: 27 floats per pixel, and what glibc keeps of freed band buffers (measured: docs/benchmarks.md)
 POSTPROCESS_BAND_BYTES = 450 * MIB
@@ -315,17 +319,24 @@ def plan_image(
     if sampling.num_inference_steps <= 1:  # one step: not cached (pipeline: cache_cond)
         cond_cache = footprint.unet_width * tile_px * tiles_per_call * s * images
     done = int(OUTPUT_ARRAYS * 12 * target_px) * (images - 1)  # finished results held until the batch returns
+    # AdaIN needs only the condition image's statistics, "none" nothing of it: the pipeline frees it before
+    # decoding; at the output size the 8-bit chain then colour-fixes the decoder's codes in place
+    per_pixel_fix = sampling.color_fix in ("adain", "none")
+    lr_up_after = 0 if per_pixel_fix else lr_up
+    in_place = per_pixel_fix and codes and not high_bit_depth and sp.target == sp.processed
+    result = 0 if in_place else int(OUTPUT_ARRAYS * 12 * target_px)
     # a band is about 1 Mpx of rows (pipeline.postprocess.BAND_PIXELS): an image smaller than that is one band
-    band = min(POSTPROCESS_BAND_BYTES, POSTPROCESS_BAND_BYTES * max(n_px, target_px) // (1 << 20))
+    band_bytes = IN_PLACE_BAND_BYTES if in_place else POSTPROCESS_BAND_BYTES
+    band = min(band_bytes, band_bytes * max(n_px, target_px) // (1 << 20))
     stages = {
         "vae_encode": image_in + lr_up + enc,
         "denoise": image_in + lr_up + cond_cache + unet,
-        "vae_decode": image_in + lr_up + dec + done,
+        "vae_decode": image_in + lr_up_after + dec + done,
         "color_fix_resize": image_in
-        + lr_up
+        + lr_up_after
         + done
         + int(DECODED_ARRAYS["codes" if codes else "float"] * 12 * n_px)
-        + int(OUTPUT_ARRAYS * 12 * target_px)
+        + result
         + band,
     }
     weights = footprint.weights_bytes(s)
@@ -334,8 +345,10 @@ def plan_image(
         host = device = baseline + RUNTIME_OVERHEAD + weights + peak_act
     else:
         device = weights + peak_act
-        # the condition image stays on the host; the result is filled there band by band
-        post = lr_up + int(OUTPUT_ARRAYS * 12 * target_px) + band
+        # the condition image stays on the host; the result is filled there band by band, and the decoder's
+        # uint8 codes are written there tile by tile
+        host_codes = int(DECODED_ARRAYS["codes"] * 12 * n_px) if codes else 0
+        post = lr_up_after + host_codes + result + band
         host = baseline + RUNTIME_OVERHEAD + image_in + post
     r = rates or rough_rates(device_type, footprint.unet_width)
     steps = sampling.num_inference_steps
