@@ -115,11 +115,19 @@ def test_uint8_stats_are_exact_and_band_independent():
 def test_prepare_condition_holds_the_exact_codes():
     lr = torch.rand(1, 3, 30, 21, generator=torch.Generator().manual_seed(5))
     lr = torch.round(lr * 255) / 255
-    for upscale, process_size in ((4, 512), (4, 64), (3.3, 64)):
+    for upscale, process_size in ((4, 512), (4, 64), (3.3, 64), (3.3, 8)):
         plan = sizing.plan_sizes((21, 30), upscale, process_size)
         codes = sizing.prepare_condition(lr, plan, quantize=True)
         assert codes.dtype == torch.uint8 and codes.is_contiguous()
         assert torch.equal(sizing.as_unit_float(codes), sizing.prepare_image(lr, plan, quantize=True))
+        # large outputs are resized in bands of rows (each step, or only the last): the same bytes
+        for banded_from in (0, 6500, 30000):
+            in_bands = sizing.prepare_condition(lr, plan, quantize=True, banded_from=banded_from)
+            assert in_bands.is_contiguous() and torch.equal(in_bands, codes), (
+                upscale,
+                process_size,
+                banded_from,
+            )
 
 
 def test_bands_have_bounded_height(monkeypatch):

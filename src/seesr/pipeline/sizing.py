@@ -155,18 +155,63 @@ def prepare_image(lr: torch.Tensor, plan: SizePlan, *, quantize: bool) -> torch.
     return x
 
 
-def prepare_condition(lr: torch.Tensor, plan: SizePlan, *, quantize: bool) -> torch.Tensor:
+def prepare_condition(
+    lr: torch.Tensor, plan: SizePlan, *, quantize: bool, banded_from: int | None = None
+) -> torch.Tensor:
     """:func:`prepare_image` in the cheapest exact form, to be held for the whole call.
 
     On the 8-bit chain every value of ``lr_up`` is ``k / 255``: the same Pillow resizes run on the uint8 codes
     and the (1, 3, H, W) uint8 codes are returned (a quarter of the float32 bytes; :func:`as_unit_float` gives
-    the float values back exactly, per tile). Otherwise the float32 ``prepare_image`` result.
+    the float values back exactly, per tile). A resize to more than ``banded_from`` pixels (default
+    :data:`BANDED_RESIZE_PIXELS`) runs in bands of rows with Pillow's bytes (:class:`RowResampler`), written
+    straight into the result: Pillow's whole-image form would hold a 4-byte RGBX copy and two 3-byte arrays of
+    the result at once (~10 B/px: 1.9 GiB for a 12000x8000 output). Otherwise the float32 ``prepare_image``
+    result.
     """
     if not quantize:
         return prepare_image(lr, plan, quantize=False)
+    limit = BANDED_RESIZE_PIXELS if banded_from is None else banded_from
     arr = lr[0].detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
-    codes = np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)
-    for w, h in (plan.enlarged, plan.upscaled, plan.processed):
-        if (codes.shape[1], codes.shape[0]) != (w, h):
+    codes = np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)  # (h, w, 3)
+    steps: list[tuple[int, int]] = []  # the resizes that change the size, in order
+    for wh in (plan.enlarged, plan.upscaled, plan.processed):
+        if wh != (steps[-1] if steps else (codes.shape[1], codes.shape[0])):
+            steps.append(wh)
+    for i, (w, h) in enumerate(steps):
+        last = i == len(steps) - 1
+        if w * h <= limit:
             codes = np.asarray(Image.fromarray(codes).resize((w, h), Image.BICUBIC))
+        elif last:  # straight into the (3, H, W) result
+            result = torch.empty((1, 3, h, w), dtype=torch.uint8)
+            _resize_codes_in_bands(codes, result[0].numpy(), channels_first=True)
+            return result
+        else:
+            out = np.empty((h, w, 3), dtype=np.uint8)
+            _resize_codes_in_bands(codes, out, channels_first=False)
+            codes = out
     return torch.from_numpy(np.ascontiguousarray(codes.transpose(2, 0, 1)))[None]
+
+
+#: output pixels above which :func:`prepare_condition` resizes in bands of rows (below, Pillow's whole-image resize
+#: is faster and its ~10 B/px transient is at most 160 MiB)
+BANDED_RESIZE_PIXELS = 16 * 1024 * 1024
+#: output pixels per band of :func:`_resize_codes_in_bands` (its int64 accumulator: 24 bytes per pixel)
+_RESIZE_BAND_PIXELS = 1 << 20
+
+
+def _resize_codes_in_bands(source: np.ndarray, out: np.ndarray, *, channels_first: bool) -> None:
+    """Pillow's bicubic resize of (H, W, 3) uint8 ``source`` into ``out`` ((3, h, w) or (h, w, 3) uint8), a band
+    of output rows at a time, with the whole-image bytes."""
+    from seesr.pipeline.resample_rows import RowResampler
+
+    h, w = out.shape[1:] if channels_first else out.shape[:2]
+    resampler = RowResampler(source.shape[:2], (h, w))
+    rows = max(8, _RESIZE_BAND_PIXELS // w)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        r0, r1 = resampler.source_rows(y0, y1)
+        band = resampler.band(source[r0:r1], r0, y0, y1)  # (y1 - y0, w, 3)
+        if channels_first:
+            out[:, y0:y1] = band.transpose(2, 0, 1)
+        else:
+            out[y0:y1] = band
