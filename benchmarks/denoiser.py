@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last")
     ap.add_argument("--rca-only", action="store_true", help="skip the no-RCA baseline (half the time)")
+    ap.add_argument(
+        "--profile", action="store_true", help="then profile one more step: the top ops by self time"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +110,8 @@ def main() -> None:
             args.repeat,
         )
         rows.append(("SeeSR (RCA)" if rca else "no RCA (baseline)", params, sec, mem))
+        if args.profile:
+            _profile(step_fn(unet, controlnet, args.latent, device, dtype, config["cross_attention_dim"]))
         del unet, controlnet
     base = rows[0][2]
     print(
@@ -117,6 +122,16 @@ def main() -> None:
     print(f"{'model':<20}{'params (M)':>12}{'s/step':>10}{'peak MB':>10}{'x baseline':>12}")
     for name, params, sec, mem in rows:
         print(f"{name:<20}{params / 1e6:>12.1f}{sec:>10.3f}{mem:>10.0f}{sec / base:>12.2f}")
+
+
+def _profile(run) -> None:
+    """Where one step's time goes: the ops with the most self time (``torch.profiler``, CPU and CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        run()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
