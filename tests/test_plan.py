@@ -3,6 +3,7 @@ that a run stays within the --max-memory it was given."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -263,3 +264,50 @@ def test_a_disk_bound_spill_run_records_the_rate_the_planner_then_uses(tmp_path,
     record = json.loads((tmp_path / "disk_rate.json").read_text())
     assert record["bytes"] == 2 * h.numel() * 4
     assert vae_spill.disk_write_rate(tmp_path) == record["bytes_per_second"] > 0
+
+
+def test_tile_batch_is_chosen_from_the_budget_on_accelerators_only():
+    """Without --tile-batch a GPU plan runs 4 tiles per call when they fit, 2 when only those fit, else the
+    ladder's one; the CPU (no measured gain), faithful mode (bytes) and a typed --tile-batch keep what was asked."""
+    kw = dict(footprint=SD2_FOOTPRINT, dtype_bytes=2, baseline=300 * MIB, free_disk=0)
+    sampling = SamplingConfig(num_inference_steps=1)
+    size = (1000, 750)  # 4000x3000: many latent tiles
+    bounded = TilingConfig(  # small VAE tiles: the denoise stage is the peak
+        vae_mode="bounded", vae_bounded_stats="recompute", vae_decoder_tile_size=16, vae_encoder_tile_size=128
+    )
+    roomy = choose_plan(size, sampling, bounded, budget=200 * GIB, device_type="cuda", **kw)
+    assert roomy.tiling.tile_batch == 4
+    one = plan_image(size, sampling, bounded, budget=200 * GIB, device_type="cuda", **kw)
+    two = plan_image(
+        size, sampling, dataclasses.replace(bounded, tile_batch=2), budget=200 * GIB, device_type="cuda", **kw
+    )
+    assert one.device_bytes < two.device_bytes < roomy.device_bytes
+    assert (
+        choose_plan(
+            size, sampling, bounded, budget=two.device_bytes, device_type="cuda", **kw
+        ).tiling.tile_batch
+        == 2
+    )
+    assert (
+        choose_plan(
+            size, sampling, bounded, budget=one.device_bytes, device_type="cuda", **kw
+        ).tiling.tile_batch
+        == 1
+    )
+    cpu = choose_plan(size, sampling, bounded, budget=200 * GIB, device_type="cpu", **kw)
+    assert cpu.tiling.tile_batch == 1
+    faithful = SamplingConfig(num_inference_steps=1, faithful=True)
+    assert (
+        choose_plan(size, faithful, bounded, budget=200 * GIB, device_type="cuda", **kw).tiling.tile_batch
+        == 1
+    )
+    typed = choose_plan(
+        size,
+        sampling,
+        bounded,
+        budget=200 * GIB,
+        device_type="cuda",
+        pinned=frozenset({"tile_batch"}),
+        **kw,
+    )
+    assert typed.tiling.tile_batch == 1

@@ -149,7 +149,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tile-batch",
         dest="tile_batch",
         type=int,
-        help="latent tiles per ControlNet/UNet call (1; more: fewer, bigger calls, more memory)",
+        help="latent tiles per ControlNet/UNet call (default: 4, else 2, on a GPU when the memory budget allows, "
+        "1 on the CPU and with --faithful; more: fewer, bigger calls, more memory)",
     )
     t.add_argument(
         "--vae-mode",

@@ -150,6 +150,7 @@ class Plan:
             "vae_encoder_tile_size": self.tiling.vae_encoder_tile_size,
             "vae_decoder_tile_size": self.tiling.vae_decoder_tile_size,
             "latent_tile_size": self.tiling.latent_tile_size,
+            "tile_batch": self.tiling.tile_batch,
             "predicted_peak_host_mib": round(self.host_bytes / MIB, 1),
             "predicted_peak_device_mib": round(self.device_bytes / MIB, 1),
             "budget_mib": round(self.budget_bytes / MIB, 1),
@@ -171,7 +172,7 @@ class Plan:
             vae += ")"
         return (
             f"{self.input_size[0]}x{self.input_size[1]} -> processed {w}x{h}; latent tiles {r}x{c} of "
-            f"{t.latent_tile_size}; {vae}, encoder tile {t.vae_encoder_tile_size} px ({self.vae_encoder_tiles}), "
+            f"{t.latent_tile_size}{f' ({t.tile_batch} per call)' if t.tile_batch > 1 else ''}; {vae}, encoder tile {t.vae_encoder_tile_size} px ({self.vae_encoder_tiles}), "
             f"decoder tile {t.vae_decoder_tile_size} latent px ({self.vae_decoder_tiles}); peak host "
             f"{self.host_bytes / GIB:.2f} GiB, device {self.device_bytes / GIB:.2f} GiB "
             f"(budget {self.budget_bytes / GIB:.2f} GiB); about {_duration(self.seconds)} ({self.seconds_basis})"
@@ -423,6 +424,27 @@ def _free_disk() -> int:
     return free_disk_bytes()
 
 
+#: latent tiles per ControlNet/UNet call tried first on an accelerator when ``--tile-batch`` is not given: several
+#: tiles per call fill a GPU better. Not on the CPU, where 4 or 12 tiles per call ran no faster than one
+#: (docs/benchmarks.md), nor in faithful mode (another batch composition changes the bytes).
+ACCELERATOR_TILE_BATCHES = (4, 2)
+
+
+def _with_tile_batches(
+    tiling: TilingConfig, sampling: SamplingConfig, pinned: frozenset[str], device_type: str
+) -> Iterator[TilingConfig]:
+    """The requested settings with more tiles per call first (when chosen by the budget), then the ladder."""
+    if (
+        device_type != "cpu"
+        and "tile_batch" not in pinned
+        and not sampling.faithful
+        and tiling.tile_batch == 1
+    ):
+        for n in ACCELERATOR_TILE_BATCHES:
+            yield dataclasses.replace(tiling, tile_batch=n)
+    yield from _ladder(tiling, pinned)
+
+
 def _ladder(tiling: TilingConfig, pinned: frozenset[str]) -> Iterator[TilingConfig]:
     """Settings to try, fastest first: as requested, then bounded VAE, smaller VAE tiles, smaller latent tiles.
 
@@ -499,7 +521,7 @@ def choose_plan(
         ValueError: even the smallest settings exceed the budget (one line with the smallest prediction).
     """
     smallest: Plan | None = None
-    for candidate in _ladder(tiling, pinned):
+    for candidate in _with_tile_batches(tiling, sampling, pinned, kwargs.get("device_type", "cpu")):
         plan = plan_image(size, sampling, candidate, **kwargs)
         if plan.fits:
             spilling = plan.tiling.vae_mode == "bounded" and plan.tiling.vae_bounded_stats == "spill"
