@@ -17,6 +17,7 @@ is summed in float64 instead of torch's float32 cascade). ``tests/test_postproce
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -197,33 +198,37 @@ def reference_stats(
     """
     h, w = lr_up.shape[-2:]
     step = rows or band_rows(max(w, target_wh[0]))
-    if quantize:
-        hist = torch.zeros(3, 256, dtype=torch.int64)
-        for a in range(0, h, step):
-            ref = lr_up[..., a : a + step, :].cpu()
-            if ref.dtype != torch.uint8:
-                ref = color_fix.to_uint8(ref.float(), rounding="round")
-            hist += color_fix.uint8_histogram(ref)
-        return color_fix.uint8_stats(hist)
-    moments = _Moments()
-    for a in range(0, h, step):
-        moments.add(as_unit_float(lr_up[..., a : a + step, :].cpu()))
-    return moments.stats()
+
+    def band(a: int, b: int) -> Tensor:
+        ref = lr_up[..., a:b, :].cpu()
+        if not quantize:
+            return as_unit_float(ref)
+        return ref if ref.dtype == torch.uint8 else color_fix.to_uint8(ref.float(), rounding="round")
+
+    return _banded_stats(band, h, step, quantize)
 
 
 def _image_stats(decoded: Tensor, quantize: bool, step: int) -> color_fix.Stats:
     """AdaIN statistics of the pipeline output, one band at a time."""
-    h = decoded.shape[-2]
+
+    def band(a: int, b: int) -> Tensor:
+        sr, codes = _sr_rows(decoded, a, b, quantize)
+        return sr if codes is None else codes
+
+    return _banded_stats(band, decoded.shape[-2], step, quantize)
+
+
+def _banded_stats(band: Callable[[int, int], Tensor], h: int, step: int, quantize: bool) -> color_fix.Stats:
+    """AdaIN ``(mean, std)`` of an image read as bands of rows ``band(a, b)``: uint8 codes on the 8-bit chain
+    (exact histogram statistics), float in [0, 1] otherwise (float64 moments merged band by band)."""
     if quantize:
         hist = torch.zeros(3, 256, dtype=torch.int64)
         for a in range(0, h, step):
-            _, codes = _sr_rows(decoded, a, min(h, a + step), True)
-            assert codes is not None
-            hist += color_fix.uint8_histogram(codes)
+            hist += color_fix.uint8_histogram(band(a, min(h, a + step)))
         return color_fix.uint8_stats(hist)
     moments = _Moments()
     for a in range(0, h, step):
-        moments.add(_sr_rows(decoded, a, min(h, a + step), False)[0])
+        moments.add(band(a, min(h, a + step)))
     return moments.stats()
 
 

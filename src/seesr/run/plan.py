@@ -426,7 +426,7 @@ def _free_disk() -> int:
 
 #: latent tiles per ControlNet/UNet call tried first on an accelerator when ``--tile-batch`` is not given: several
 #: tiles per call fill a GPU better. Not on the CPU, where 4 or 12 tiles per call ran no faster than one
-#: (docs/benchmarks.md), nor in faithful mode (another batch composition changes the bytes).
+#: (docs/decisions.md, issue 14 session 5), nor in faithful mode (another batch composition changes the bytes).
 ACCELERATOR_TILE_BATCHES = (4, 2)
 
 
