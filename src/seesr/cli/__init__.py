@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in _FOREIGN_IMPORT_WARNINGS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     previous = _configure_pillow(args)
+    hub_was_offline = _hub_offline_for(args)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -84,6 +86,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from seesr.io import configure_pillow
 
         configure_pillow(max_pixels=previous.max_pixels, allow_truncated=previous.allow_truncated)
+        if hub_was_offline is not None:
+            _set_hub_offline(hub_was_offline)
+
+
+def _hub_offline_for(args: argparse.Namespace) -> str | None:
+    """With ``--no-download``, switch the Hugging Face Hub client offline for the command; returns what
+    ``HF_HUB_OFFLINE`` was (``""`` when unset), or None when nothing was changed.
+
+    seesr's own loaders never download then, but third-party imports may still call the Hub: bitsandbytes
+    (pulled in by pyiqa) asks it for a CPU kernel when diffusers imports it, with no timeout on its second try.
+    """
+    if not getattr(args, "no_download", False):
+        return None
+    previous = os.environ.get("HF_HUB_OFFLINE", "")
+    _set_hub_offline("1")
+    return previous
+
+
+def _set_hub_offline(value: str) -> None:
+    if value:
+        os.environ["HF_HUB_OFFLINE"] = value
+    else:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # read once at import: an in-process caller (tests) imported it already
+        constants.HF_HUB_OFFLINE = value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _configure_pillow(args: argparse.Namespace) -> PillowSettings:

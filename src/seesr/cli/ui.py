@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         "--no-download",
         dest="no_download",
         action="store_true",
-        help="never download: a missing or incomplete default folder is shown as an error in the page",
+        help="never download, nor let any library call the Hub (HF_HUB_OFFLINE=1): a missing or incomplete "
+        "default folder is shown as an error in the page",
     )
     w.add_argument(
         "--no-dape", dest="no_dape", action="store_true", help="tag with plain RAM instead of DAPE"

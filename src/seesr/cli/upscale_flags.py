@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-download",
         dest="no_download",
         action="store_true",
-        help="never download: a missing or incomplete default folder is an error saying what to fetch",
+        help="never download, nor let any library call the Hub (HF_HUB_OFFLINE=1): a missing or incomplete "
+        "default folder is an error saying what to fetch",
     )
     w.add_argument(
         "--no-dape",
