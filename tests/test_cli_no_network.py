@@ -41,9 +41,10 @@ def test_no_download_run_makes_no_network_lookup(tmp_path: Path, tiny_weights_di
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(probe), str(src)]), "PYTHONWARNINGS": "ignore"}
     env.pop("HF_HUB_OFFLINE", None)  # the test session sets it; the flag must do it on its own
     image = tiny_weights_dir / "reference" / "lr" / "coffee_48x64.png"
-    argv = [sys.executable, "-m", "seesr", "upscale", str(image), "-o", str(tmp_path / "out"), "--no-download"]
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "seesr", "upscale", str(image), "-o", str(out), "--no-download"]
     argv += ["--steps", "1", "--process-size", "64", *[f"{k}={v}" for k, v in flags.items()]]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert (tmp_path / "out" / "coffee_48x64.png").is_file()
+    assert (out / "coffee_48x64.png").is_file()
     assert not log.exists(), f"network lookups: {log.read_text()}"

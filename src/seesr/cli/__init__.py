@@ -111,7 +111,7 @@ def _set_hub_offline(value: str) -> None:
         os.environ.pop("HF_HUB_OFFLINE", None)
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:  # read once at import: an in-process caller (tests) imported it already
-        constants.HF_HUB_OFFLINE = value.upper() in {"1", "ON", "YES", "TRUE"}
+        setattr(constants, "HF_HUB_OFFLINE", value.upper() in {"1", "ON", "YES", "TRUE"})
 
 
 def _configure_pillow(args: argparse.Namespace) -> PillowSettings:
