@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seesr import __version__
 
@@ -109,9 +109,9 @@ def _set_hub_offline(value: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = value
     else:
         os.environ.pop("HF_HUB_OFFLINE", None)
-    constants = sys.modules.get("huggingface_hub.constants")
+    constants: Any = sys.modules.get("huggingface_hub.constants")
     if constants is not None:  # read once at import: an in-process caller (tests) imported it already
-        setattr(constants, "HF_HUB_OFFLINE", value.upper() in {"1", "ON", "YES", "TRUE"})
+        constants.HF_HUB_OFFLINE = value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _configure_pillow(args: argparse.Namespace) -> PillowSettings:
