@@ -127,6 +127,37 @@ def test_plan_prints_without_loading_and_refuses_an_impossible_budget(
     assert not (tmp_path / "o" / "p.png").exists()
 
 
+def test_a_long_fp32_cpu_run_mentions_bf16_only_where_the_cpu_has_it(
+    tmp_path, fixtures_dir, monkeypatch, caplog, capsys
+):
+    """One INFO line before loading, when the plan is long, the precision was left to auto and oneDNN reports
+    hardware bf16; never with --dtype given, on a CPU without it, or for a short plan."""
+    import logging
+
+    import seesr.cli.upscale as up
+    import seesr.pipeline.devices as devices
+    from seesr.cli import main
+
+    monkeypatch.setattr(up, "_load_pipeline", lambda *a, **k: pytest.fail("the weights were loaded"))
+    monkeypatch.setenv("SEESR_CACHE", str(tmp_path / "cache"))
+    src = _photo(tmp_path / "p.png", 64)
+    argv = ["upscale", str(src), "-o", str(tmp_path / "o"), *_weights_argv(fixtures_dir), "--plan"]
+
+    def hints(*extra: str, bf16: bool, threshold: float = 0.0) -> list[str]:
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: bf16)
+        monkeypatch.setattr(up, "BF16_HINT_SECONDS", threshold)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="seesr.cli.upscale"):
+            assert main([*argv, *extra]) == 0
+        capsys.readouterr()
+        return [r.getMessage() for r in caplog.records if "--dtype bf16" in r.getMessage()]
+
+    (line,) = hints(bf16=True)
+    assert line.startswith("this run is planned at about ") and "min in fp32" in line
+    assert hints("--dtype", "fp32", bf16=True) == [] and hints(bf16=False) == []
+    assert hints(bf16=True, threshold=1e9) == [] and hints("--dtype", "bf16", bf16=True) == []
+
+
 def test_the_output_cap_is_the_plan_and_the_user_can_still_set_one(
     tmp_path, fixtures_dir, monkeypatch, capsys
 ):

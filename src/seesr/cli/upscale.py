@@ -29,6 +29,9 @@ from seesr.run.sources import NO_WEIGHTS, OFFICIAL_PARTS  # noqa: F401 - NO_WEIG
 
 logger = logging.getLogger(__name__)
 
+#: a CPU run planned longer than this in fp32 (with auto precision) mentions --dtype bf16 when the CPU has it
+BF16_HINT_SECONDS = 600.0
+
 
 # flag dest -> SamplingConfig field
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -140,6 +143,19 @@ class _Planner:
     note: str
     throughput_file: Path
     throughput_key: str
+    dtype_chosen: bool = False  # --dtype (or the sidecar) named a precision; "auto" did not
+
+    def precision_hint(self, seconds: float) -> str | None:
+        """One line for a long fp32 CPU run on a CPU with hardware bf16, whose precision the user left to auto."""
+        from seesr.pipeline.devices import cpu_has_native_bf16
+
+        cpu_fp32 = self.kwargs["device_type"] == "cpu" and self.kwargs["dtype_bytes"] == 4
+        if self.dtype_chosen or not cpu_fp32 or seconds < BF16_HINT_SECONDS or not cpu_has_native_bf16():
+            return None
+        return (
+            f"this run is planned at about {seconds / 60:.0f} min in fp32; this CPU computes bf16 in hardware, "
+            "where --dtype bf16 runs several times faster (docs/benchmarks.md) with slightly different pixels"
+        )
 
     def plan(self, size: tuple[int, int], settings: _Run, *, high_bit_depth: bool = False) -> Any:
         from seesr.run.plan import choose_plan
@@ -203,7 +219,8 @@ def _planner(args: argparse.Namespace, settings: _Run, world: Any) -> _Planner:
         baseline=current_rss_bytes(),
         rates=rates,
     )
-    return _Planner(kwargs, frozenset(pinned), note, cache, key)
+    chosen = (settings.dtype or "auto") != "auto"
+    return _Planner(kwargs, frozenset(pinned), note, cache, key, dtype_chosen=chosen)
 
 
 def _load_pipeline(args: argparse.Namespace, run: _Run) -> Any:
@@ -363,6 +380,9 @@ def _run(args: argparse.Namespace) -> int:
         jobs.append((item, todo, plan))
         costs.append(processed_pixels(info.width, info.height, settings.sampling) * len(todo))
 
+    hint = planner.precision_hint(sum(plan.seconds * len(todo) for _, todo, plan in jobs))
+    if hint and world.is_main:
+        logger.info(hint)
     if args.plan:
         for item, _, plan in jobs:
             print(f"{item.path}: {plan.describe()}{planner.note}")

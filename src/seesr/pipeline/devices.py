@@ -86,3 +86,14 @@ def resolve_device_dtype(device: Any = None, dtype: Any = "auto") -> tuple[Any, 
     """(``torch.device``, ``torch.dtype``) for a run: :func:`resolve_device` then :func:`resolve_dtype`."""
     dev = resolve_device(device)
     return dev, resolve_dtype(dtype, dev)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AVX-512 BF16 or AMX, as oneDNN reports)."""
+    import torch
+
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
+    except RuntimeError:
+        return False
