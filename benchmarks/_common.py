@@ -52,3 +52,29 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[
     times.sort()
     mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
     return times[len(times) // 2], mem
+
+
+def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one ``fn()`` call, in total and by aten op name (``torch.utils.flop_counter``).
+
+    Matmuls, convolutions and SDPA; the CPU flash-attention op, which torch's table lacks, is counted with the
+    same formula as the CUDA ones (2 matmuls: 4·B·H·Lq·Lk·D).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {cpu_flash: _cpu_flash_flops} if cpu_flash is not None else {}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with torch.no_grad(), counter:
+        fn()
+    by_op: dict[str, int] = {}
+    for op, n in counter.get_flop_counts()["Global"].items():
+        name = str(op).split(".")[1] if "." in str(op) else str(op)
+        by_op[name] = by_op.get(name, 0) + n
+    return counter.get_total_flops(), by_op

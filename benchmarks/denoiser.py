@@ -8,6 +8,11 @@ embedding computed once, then reused at every step) when that module exists; wit
 (e.g. ``PYTHONPATH=/work/main/src``) the models are called directly as the old pipeline did, so the two can be
 compared back to back.
 
+``--compile`` adds a row for the same SeeSR models after ``seesr.pipeline.compile.compile_models`` (regional
+inductor compile; the first call's seconds, compile included, are printed apart). ``--roofline`` counts one SeeSR
+step's FLOPs (``torch.utils.flop_counter``: matmuls, convolutions, SDPA) and measures the device's fp32 (bf16 on
+CUDA) matmul and 3x3-convolution rates, to print the achieved rate and the shortest step those rates allow.
+
     python benchmarks/denoiser.py --config sd2 --latent 64 --dtype fp32 --device cpu --repeat 1
 """
 
@@ -15,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CONFIGS, DTYPES, timed  # noqa: E402
+from _common import CONFIGS, DTYPES, count_flops, timed  # noqa: E402
 
 import seesr  # noqa: E402
 from seesr.models.controlnet import SeeSRControlNet  # noqa: E402
@@ -85,6 +92,12 @@ def main() -> None:
     ap.add_argument(
         "--profile", action="store_true", help="then profile one more step: the top ops by self time"
     )
+    ap.add_argument(
+        "--compile", action="store_true", help="add a row: the SeeSR models after regional compile"
+    )
+    ap.add_argument(
+        "--roofline", action="store_true", help="FLOPs of a step vs the measured matmul/conv rates"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +125,19 @@ def main() -> None:
         rows.append(("SeeSR (RCA)" if rca else "no RCA (baseline)", params, sec, mem))
         if args.profile:
             _profile(step_fn(unet, controlnet, args.latent, device, dtype, config["cross_attention_dim"]))
+        if rca and args.roofline:
+            run = step_fn(unet, controlnet, args.latent, device, dtype, config["cross_attention_dim"])
+            _roofline(run, sec, device, dtype)
+        if rca and args.compile:
+            from seesr.pipeline.compile import compile_models
+
+            compile_models(SimpleNamespace(unet=unet, controlnet=controlnet))
+            run = step_fn(unet, controlnet, args.latent, device, dtype, config["cross_attention_dim"])
+            t0 = time.perf_counter()
+            run()
+            print(f"compiled: first step (compile included) {time.perf_counter() - t0:.1f} s")
+            sec_c, mem_c = timed(run, device, args.repeat)
+            rows.append(("SeeSR compiled", params, sec_c, mem_c))
         del unet, controlnet
     base = rows[0][2]
     print(
@@ -122,6 +148,42 @@ def main() -> None:
     print(f"{'model':<20}{'params (M)':>12}{'s/step':>10}{'peak MB':>10}{'x baseline':>12}")
     for name, params, sec, mem in rows:
         print(f"{name:<20}{params / 1e6:>12.1f}{sec:>10.3f}{mem:>10.0f}{sec / base:>12.2f}")
+
+
+def _rate(fn, flop: float, device: torch.device) -> float:
+    """FLOP/s of ``fn`` (best of 5 after a warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return flop / best
+
+
+def _roofline(run, step_seconds: float, device: torch.device, dtype: torch.dtype) -> None:
+    """One step's counted FLOPs against the device's measured matmul and convolution rates."""
+    flops, by_op = count_flops(run)
+    n = 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    mm = _rate(lambda: a @ b, 2 * n**3, device)
+    conv = torch.nn.Conv2d(320, 320, 3, padding=1).to(device, dtype)
+    img = torch.randn(2, 320, 64, 64, device=device, dtype=dtype)
+    with torch.no_grad():
+        cv = _rate(lambda: conv(img), 2 * 2 * 64 * 64 * 320 * 320 * 9, device)
+    best = max(mm, cv)
+    shares = ", ".join(f"{k} {v / flops:.0%}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1]))
+    print(f"\nroofline: {flops / 1e9:.1f} GFLOP per step ({shares})")
+    print(f"  measured: matmul {n}^3 {mm / 1e9:.0f} GFLOP/s, conv 3x3 320ch 64^2 {cv / 1e9:.0f} GFLOP/s")
+    print(
+        f"  this step: {step_seconds:.2f} s = {flops / step_seconds / 1e9:.0f} GFLOP/s "
+        f"({flops / step_seconds / best:.0%} of the faster rate); every FLOP at that rate: {flops / best:.2f} s "
+        f"({flops / best / step_seconds:.2f}x this step)"
+    )
 
 
 def _profile(run) -> None:

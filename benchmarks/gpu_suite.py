@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CONFIGS, DTYPES  # noqa: E402
+from _common import CONFIGS, DTYPES, count_flops  # noqa: E402
 
 SD2_VAE = dict(
     block_out_channels=[128, 256, 512, 512],
@@ -216,12 +216,7 @@ def run_dtype(
         seesr_peak_mb=round(mem),
         stock_peak_mb=round(mem0),
     )
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        den(inp["x"], t, sched)
-    flops = counter.get_total_flops()
+    flops, _ = count_flops(lambda: den(inp["x"], t, sched))
     rows(
         row="flops",
         dtype=dname,
