@@ -153,7 +153,7 @@ def test_a_long_fp32_cpu_run_mentions_bf16_only_where_the_cpu_has_it(
         return [r.getMessage() for r in caplog.records if "--dtype bf16" in r.getMessage()]
 
     (line,) = hints(bf16=True)
-    assert line.startswith("this run is planned at about ") and "min in fp32" in line
+    assert line.startswith("this run is planned at about ") and " in fp32; " in line
     assert hints("--dtype", "fp32", bf16=True) == [] and hints(bf16=False) == []
     assert hints(bf16=True, threshold=1e9) == [] and hints("--dtype", "bf16", bf16=True) == []
 

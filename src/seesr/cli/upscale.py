@@ -148,12 +148,13 @@ class _Planner:
     def precision_hint(self, seconds: float) -> str | None:
         """One line for a long fp32 CPU run on a CPU with hardware bf16, whose precision the user left to auto."""
         from seesr.pipeline.devices import cpu_has_native_bf16
+        from seesr.run.plan import format_duration
 
         cpu_fp32 = self.kwargs["device_type"] == "cpu" and self.kwargs["dtype_bytes"] == 4
         if self.dtype_chosen or not cpu_fp32 or seconds < BF16_HINT_SECONDS or not cpu_has_native_bf16():
             return None
         return (
-            f"this run is planned at about {seconds / 60:.0f} min in fp32; this CPU computes bf16 in hardware: "
+            f"this run is planned at about {format_duration(seconds)} in fp32; this CPU computes bf16 in hardware: "
             "--dtype bf16 ran an SD-2 step 1.7-1.9x faster on such a CPU (docs/benchmarks.md), pixels differ slightly"
         )
 

@@ -168,18 +168,18 @@ class Plan:
         if self.disk_bytes:
             vae += f" ({self.disk_bytes / GIB:.2f} GiB spill files"
             if self.spill_io_seconds:
-                vae += f", about {_duration(self.spill_io_seconds)} of disk writes beside the compute"
+                vae += f", about {format_duration(self.spill_io_seconds)} of disk writes beside the compute"
             vae += ")"
         return (
             f"{self.input_size[0]}x{self.input_size[1]} -> processed {w}x{h}; latent tiles {r}x{c} of "
             f"{t.latent_tile_size}{f' ({t.tile_batch} per call)' if t.tile_batch > 1 else ''}; {vae}, encoder tile {t.vae_encoder_tile_size} px ({self.vae_encoder_tiles}), "
             f"decoder tile {t.vae_decoder_tile_size} latent px ({self.vae_decoder_tiles}); peak host "
             f"{self.host_bytes / GIB:.2f} GiB, device {self.device_bytes / GIB:.2f} GiB "
-            f"(budget {self.budget_bytes / GIB:.2f} GiB); about {_duration(self.seconds)} ({self.seconds_basis})"
+            f"(budget {self.budget_bytes / GIB:.2f} GiB); about {format_duration(self.seconds)} ({self.seconds_basis})"
         )
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
