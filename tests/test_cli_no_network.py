@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.tiny_pipeline import official_parts
+
 PROBE = """
 import socket
 
@@ -29,21 +31,14 @@ def test_no_download_run_makes_no_network_lookup(tmp_path: Path, tiny_weights_di
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(PROBE.format(log=str(log)))
-    ram = tiny_weights_dir / "ram-tiny"
-    flags = {
-        "--sd2": tiny_weights_dir / "sd2-tiny",
-        "--seesr": tiny_weights_dir / "seesr-tiny",
-        "--ram": ram / "ram_tiny.pth",
-        "--dape": ram / "DAPE_tiny.pth",
-        "--dape-arch": ram / "arch.json",
-    }
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in official_parts(tiny_weights_dir).items()]
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(probe), str(src)]), "PYTHONWARNINGS": "ignore"}
     env.pop("HF_HUB_OFFLINE", None)  # the test session sets it; the flag must do it on its own
     image = tiny_weights_dir / "reference" / "lr" / "coffee_48x64.png"
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "seesr", "upscale", str(image), "-o", str(out), "--no-download"]
-    argv += ["--steps", "1", "--process-size", "64", *[f"{k}={v}" for k, v in flags.items()]]
+    argv += ["--steps", "1", "--process-size", "64", *flags]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (out / "coffee_48x64.png").is_file()
