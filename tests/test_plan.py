@@ -136,6 +136,7 @@ def test_a_long_fp32_cpu_run_mentions_bf16_only_where_the_cpu_has_it(
 
     import seesr.cli.upscale as up
     import seesr.pipeline.devices as devices
+    import seesr.run.plan as plan_module
     from seesr.cli import main
 
     monkeypatch.setattr(up, "_load_pipeline", lambda *a, **k: pytest.fail("the weights were loaded"))
@@ -145,7 +146,7 @@ def test_a_long_fp32_cpu_run_mentions_bf16_only_where_the_cpu_has_it(
 
     def hints(*extra: str, bf16: bool, threshold: float = 0.0) -> list[str]:
         monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: bf16)
-        monkeypatch.setattr(up, "BF16_HINT_SECONDS", threshold)
+        monkeypatch.setattr(plan_module, "BF16_HINT_SECONDS", threshold)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="seesr.cli.upscale"):
             assert main([*argv, *extra]) == 0

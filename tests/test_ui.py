@@ -593,6 +593,27 @@ def tiny_pipeline(tiny_weights_dir: Path):
     return cli_ui.load_pipeline(build_parser().parse_args(argv))
 
 
+def test_the_plan_line_mentions_bf16_for_a_long_fp32_cpu_run(tmp_path, tiny_weights_dir, monkeypatch):
+    """The page's plan status carries the CLI's bf16 note (one run layer): only with auto precision, only where
+    the CPU has hardware bf16, only for a long plan."""
+    import seesr.pipeline.devices as devices
+    import seesr.run.plan as plan_module
+
+    pipe = tiny_pipeline(tiny_weights_dir)
+
+    def status(*, bf16: bool, threshold: float, dtype: str = "auto") -> str:
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: bf16)
+        monkeypatch.setattr(plan_module, "BF16_HINT_SECONDS", threshold)
+        app = build_app(pipe, output_dir=tmp_path, dtype_requested=dtype)
+        return _handler(app, "on_file").fn(str(tiny_weights_dir / COFFEE), REQ)[3]
+
+    shown = status(bf16=True, threshold=0.0)
+    assert "Plan: " in shown and "Note: this run is planned at about " in shown and "--dtype bf16" in shown
+    assert "--dtype bf16" not in status(bf16=False, threshold=0.0)
+    assert "--dtype bf16" not in status(bf16=True, threshold=1e9)
+    assert "--dtype bf16" not in status(bf16=True, threshold=0.0, dtype="fp32")
+
+
 def test_tiny_pipeline_through_the_ui(tmp_path, tiny_weights_dir):
     """The real SeeSRPipeline (tiny official-format weights) behind the page: DAPE tags shown, edited, used."""
     pipe = tiny_pipeline(tiny_weights_dir)

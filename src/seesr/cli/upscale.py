@@ -29,9 +29,6 @@ from seesr.run.sources import NO_WEIGHTS, OFFICIAL_PARTS  # noqa: F401 - NO_WEIG
 
 logger = logging.getLogger(__name__)
 
-#: a CPU run planned longer than this in fp32 (with auto precision) mentions --dtype bf16 when the CPU has it
-BF16_HINT_SECONDS = 600.0
-
 
 # flag dest -> SamplingConfig field
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -146,16 +143,14 @@ class _Planner:
     dtype_chosen: bool = False  # --dtype (or the sidecar) named a precision; "auto" did not
 
     def precision_hint(self, seconds: float) -> str | None:
-        """One line for a long fp32 CPU run on a CPU with hardware bf16, whose precision the user left to auto."""
-        from seesr.pipeline.devices import cpu_has_native_bf16
-        from seesr.run.plan import format_duration
+        """:func:`seesr.run.plan.precision_hint` for this run's device and precision."""
+        from seesr.run.plan import precision_hint
 
-        cpu_fp32 = self.kwargs["device_type"] == "cpu" and self.kwargs["dtype_bytes"] == 4
-        if self.dtype_chosen or not cpu_fp32 or seconds < BF16_HINT_SECONDS or not cpu_has_native_bf16():
-            return None
-        return (
-            f"this run is planned at about {format_duration(seconds)} in fp32; this CPU computes bf16 in hardware: "
-            "--dtype bf16 ran an SD-2 step 1.7-1.9x faster on such a CPU (docs/benchmarks.md), pixels differ slightly"
+        return precision_hint(
+            seconds,
+            device_type=self.kwargs["device_type"],
+            dtype_bytes=self.kwargs["dtype_bytes"],
+            dtype_chosen=self.dtype_chosen,
         )
 
     def plan(self, size: tuple[int, int], settings: _Run, *, high_bit_depth: bool = False) -> Any:

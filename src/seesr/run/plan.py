@@ -179,6 +179,24 @@ class Plan:
         )
 
 
+#: a CPU run planned longer than this in fp32, with the precision left to auto, mentions bf16 where the CPU has it
+BF16_HINT_SECONDS = 600.0
+
+
+def precision_hint(seconds: float, *, device_type: str, dtype_bytes: int, dtype_chosen: bool) -> str | None:
+    """One line for a long fp32 CPU run on a CPU with hardware bf16 whose precision the user left to auto
+    (CLI and web UI); None otherwise. The speed-up quoted is docs/benchmarks.md's (session 6, Zen 4)."""
+    from seesr.pipeline.devices import cpu_has_native_bf16
+
+    cpu_fp32 = device_type == "cpu" and dtype_bytes == 4
+    if dtype_chosen or not cpu_fp32 or seconds < BF16_HINT_SECONDS or not cpu_has_native_bf16():
+        return None
+    return (
+        f"this run is planned at about {format_duration(seconds)} in fp32; this CPU computes bf16 in hardware: "
+        "--dtype bf16 ran an SD-2 step 1.7-1.9x faster on such a CPU (docs/benchmarks.md), pixels differ slightly"
+    )
+
+
 def format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"

@@ -129,6 +129,9 @@ def build_app(
             plan = ctl.plan(image, defaults, tiling_defaults)
             if plan is not None:
                 status += f" Plan: {plan.describe()}."
+                hint = ctl.precision_hint(plan)
+                if hint:
+                    status += f" Note: {hint}."
         except ValueError as err:
             status += f" Warning: {err}"
         notes = image.warnings

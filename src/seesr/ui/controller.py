@@ -326,6 +326,18 @@ class UIController:
             baseline=baseline,
         )
 
+    def precision_hint(self, plan: Any) -> str | None:
+        """:func:`seesr.run.plan.precision_hint` for ``plan`` with the loaded pipeline's device and precision."""
+        from seesr.run.plan import precision_hint
+
+        pipe = self.pipeline()
+        return precision_hint(
+            plan.seconds,
+            device_type=pipe.device.type,
+            dtype_bytes=int(pipe.unet.dtype.itemsize),
+            dtype_chosen=self.dtype_requested != "auto",
+        )
+
     # -- run -------------------------------------------------------------------------------------------------
 
     def cancel(self, session: str = "") -> bool:
