@@ -120,8 +120,9 @@ def measure(vae, size: int, enc_tile: int, dec_tile: int, live: list[int], metho
     return rows
 
 
-def memory_child(vae_name: str, part: str, size: int, tile: int, mode: str) -> None:
-    """In a fresh process: peak RSS growth of one tiled call over the RSS before it, and the estimate."""
+def memory_child(vae_name: str, part: str, size: int, tile: int, mode: str, live: int = 1) -> None:
+    """In a fresh process: peak RSS growth of one tiled call over the RSS before it, and the estimate (``live``
+    tiles in memory with the "spill" statistics, counted in the executor's visiting order as the plan does)."""
     import json
     import resource
 
@@ -139,10 +140,12 @@ def memory_child(vae_name: str, part: str, size: int, tile: int, mode: str) -> N
     with torch.no_grad():
         # "sampled" with one tile has the per-tile working set of "recompute" and is cheaper to measure
         method = "sampled" if mode == "recompute" else mode
-        fn(net, inp, tile, mode="bounded" if bounded else "exact", stats_method=method, live_tiles=1)
+        live = live if mode == "spill" else 1
+        out = fn(net, inp, tile, mode="bounded" if bounded else "exact", stats_method=method, live_tiles=live)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     est = estimate_vae_peak_bytes(*inp.shape[-2:], tile, part=part, block_out_channels=vae.config.block_out_channels,
-                                  mode="bounded" if bounded else "exact")  # fmt: skip
+                                  mode="bounded" if bounded else "exact", live_tiles=live,
+                                  out_dtype_bytes=out.element_size(), spill_order=mode == "spill")  # fmt: skip
     print(json.dumps({"measured": peak - before, "estimate": est}))
 
 
@@ -151,9 +154,10 @@ def memory_table(args: argparse.Namespace) -> None:
     import subprocess
 
     print(
-        "| vae | part | output side | tile | tiles | mode | measured peak growth MB | estimate MB | est/meas |"
+        "| vae | part | output side | tile | tiles | mode | live tiles | measured peak growth MB | estimate MB "
+        "| est/meas |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     from seesr.pipeline.vae_tiling import split_tiles
 
     for size in args.sizes:
@@ -162,7 +166,8 @@ def memory_table(args: argparse.Namespace) -> None:
             hw = (size // 8, size // 8) if part == "decoder" else (size, size)
             pad = 11 if part == "decoder" else 32
             n = len(split_tiles(*hw, tile, pad, is_decoder=part == "decoder"))
-            for mode in ("exact", "spill", "recompute"):
+            runs = [("exact", 1)] + [("spill", k) for k in args.mem_live] + [("recompute", 1)]
+            for mode, live in runs:
                 cmd = [
                     sys.executable,
                     __file__,
@@ -173,14 +178,15 @@ def memory_table(args: argparse.Namespace) -> None:
                     str(size),
                     str(tile),
                     mode,
+                    str(live),
                 ]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
-                    print(f"| {args.vae} | {part} | {size} | {tile} | {n} | {mode} | failed | | |")
+                    print(f"| {args.vae} | {part} | {size} | {tile} | {n} | {mode} | {live} | failed | | |")
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 m, e = r["measured"] / 2**20, r["estimate"] / 2**20
-                print(f"| {args.vae} | {part} | {size} | {tile} | {n} | {mode} | {m:.0f} | {e:.0f} | {e / m:.2f} |",
+                print(f"| {args.vae} | {part} | {size} | {tile} | {n} | {mode} | {live} | {m:.0f} | {e:.0f} | {e / m:.2f} |",
                       flush=True)  # fmt: skip
 
 
@@ -195,11 +201,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--memory", action="store_true", help="measured peak RSS vs estimate_vae_peak_bytes")
     ap.add_argument("--mem-tile", type=int, default=32, help="--memory: decoder tile (latent px); encoder x8")
-    ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--mem-live", type=int, nargs="+", default=[1], help="--memory: spill rows' live tiles")
+    ap.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        part, size, tile, mode = args.memory_child
-        memory_child(args.vae, part, int(size), int(tile), mode)
+        part, size, tile, mode, live = args.memory_child
+        memory_child(args.vae, part, int(size), int(tile), mode, int(live))
         return
     if args.memory:
         memory_table(args)

@@ -321,3 +321,55 @@ def test_spill_traffic_formula_counts_the_files(channels, layers, tmp_path, monk
         assert decoded > 0 and encoded > 0
         assert abs(want_dec / decoded - 1) <= tolerance and abs(want_enc / encoded - 1) <= tolerance
     assert spill_traffic_bytes(24, 40, 64, part="decoder", **kw) == 0  # one tile: nothing waits
+
+
+def test_spill_waiting_follows_the_executor(tmp_path, monkeypatch):
+    """The memory plan's count of tiles waiting in memory (``vae_memory.spill_waiting``) is what the spilling
+    executor does: per pass it parks all but the last ``live - 1`` tiles it visits, and the next pass (reversed)
+    runs the kept ones first — so at most ``live - 2`` wait while one runs."""
+    from seesr.pipeline import vae_spill, vae_tiling
+    from seesr.pipeline.vae_memory import estimate_vae_peak_bytes, spill_waiting
+
+    monkeypatch.setenv("SEESR_SPILL_DIR", str(tmp_path))
+    events: list[tuple[str, int]] = []
+    put, take, var_mean = vae_spill.TileSpill.put, vae_spill.TileSpill.take, vae_tiling.group_var_mean
+    monkeypatch.setattr(
+        vae_spill.TileSpill, "put", lambda self, t, h, r: events.append(("put", t)) or put(self, t, h, r)
+    )
+    monkeypatch.setattr(
+        vae_spill.TileSpill, "take", lambda self, t, d: events.append(("take", t)) or take(self, t, d)
+    )
+    monkeypatch.setattr(
+        vae_tiling, "group_var_mean", lambda h, g: events.append(("turn", -1)) or var_mean(h, g)
+    )
+    vae, z, live = _micro_vae(), torch.randn(1, 4, 16, 16), 4
+    n = len(split_tiles(16, 16, 4, 2, is_decoder=True, scale=2))
+    with torch.no_grad():
+        tiled_decode(vae.decoder, z, 4, pad=2, mode="bounded", stats_method="spill", live_tiles=live)
+    # a turn is [take] -> its GroupNorm statistics -> [put]; the last pass finishes the tiles (no statistics)
+    n_passes = sum(kind == "turn" for kind, _ in events) // n + 1
+    puts: list[list[int]] = [[] for _ in range(n_passes)]
+    takes: list[list[int]] = [[] for _ in range(n_passes)]
+    done = 0
+    for kind, t in events:
+        if kind == "turn":
+            done += 1
+        else:
+            (takes[done // n] if kind == "take" else puts[(done - 1) // n]).append(t)
+    assert n == 9 and done % n == 0 and n_passes >= 3
+    for p in range(n_passes):
+        order = list(range(n)) if p % 2 == 0 else list(reversed(range(n)))
+        if p < n_passes - 1:
+            assert puts[p] == order[: n - (live - 1)]  # the last live - 1 of the pass stay in memory
+        parked = puts[p - 1] if p else []
+        assert takes[p] == [t for t in order if t in parked]  # parked ones come back in visiting order
+    model = spill_waiting(n, live - 1)
+    assert max(len(w) for _, w in model) == live - 2 and [t for t, _ in model] == [
+        *range(n),
+        *reversed(range(n)),
+    ]
+    kw = dict(part="decoder", block_out_channels=(32,) * 4, mode="bounded", pad=11)
+    one, two, four = (
+        estimate_vae_peak_bytes(256, 256, 96, live_tiles=k, spill_order=True, **kw) for k in (1, 2, 4)
+    )
+    assert one == two < four < estimate_vae_peak_bytes(256, 256, 96, live_tiles=4, **kw)

@@ -1,8 +1,11 @@
 """Peak activation memory of the tiled VAE, for planning tile sizes against a budget (issue 13).
 
 The estimate counts the tensors alive at the widest full-resolution point of one tile (bounded mode) or of all
-tiles at a GroupNorm barrier (exact mode), plus the preallocated output. It excludes the weights and the input
-tensor the caller holds. ``benchmarks/vae_bounded.py --memory`` compares it with measured peak RSS.
+tiles at a GroupNorm barrier (exact mode), plus the preallocated output. In the bounded mode the tiles kept in
+memory between turns are counted either as ``live_tiles - 1`` of the biggest size or, for the spilling decoder,
+turn by turn in the order the executor visits them (:func:`spill_waiting`). It excludes the weights and the input
+tensor the caller holds. ``benchmarks/vae_bounded.py --memory [--mem-live 1 2 4]`` compares it with measured peak
+RSS.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def estimate_vae_peak_bytes(
     out_dtype_bytes: int = 4,
     pad: int | None = None,
     batch: int = 1,
+    spill_order: bool = False,
 ) -> int:
     """Predicted peak bytes of activations + output of one tiled VAE call.
 
@@ -50,6 +54,11 @@ def estimate_vae_peak_bytes(
         out_dtype_bytes: bytes per output element.
         pad: context margin (default 32 image px / 11 latent px).
         batch: images per call.
+        spill_order: the bounded decoder uses the "spill" statistics: count the tiles that wait in memory while
+            one runs from the order the executor visits them (:func:`spill_waiting_areas`) instead of assuming
+            ``live_tiles - 1`` of the biggest size. Measured on the tiny VAE at 2048² (``benchmarks/vae_bounded.py
+            --memory --mem-live 1 2 4``) this is still on the safe side; the encoder keeps the simple count, whose
+            measured growth per live tile is larger than the order alone explains.
 
     Returns:
         Bytes.
@@ -79,7 +88,11 @@ def estimate_vae_peak_bytes(
         areas = [h * w]
     full = scale * scale if is_dec else 1  # full-resolution pixels per input pixel
     biggest = max(areas) * full
-    if mode == "bounded":
+    if mode == "bounded" and spill_order and is_dec:
+        full_areas = [a * full for a in areas]
+        act = max(work_ch * full_areas[t] + kept_ch * sum(full_areas[u] for u in waiting)
+                  for t, waiting in spill_waiting(len(areas), live_tiles - 1))  # fmt: skip
+    elif mode == "bounded":
         # the running tile's working set; the other live tiles only wait at a barrier (state + residual)
         act = (work_ch + (min(live_tiles, len(areas)) - 1) * kept_ch) * biggest
     else:
@@ -87,6 +100,28 @@ def estimate_vae_peak_bytes(
     out_px = h * w * scale * scale if is_dec else (h // scale) * (w // scale)
     out_ch = 3 if is_dec else 2 * latent_channels
     return int(batch * (act * dtype_bytes + out_ch * out_px * out_dtype_bytes))
+
+
+def spill_waiting(n: int, keep: int) -> list[tuple[int, list[int]]]:
+    """For every turn of a pass of the spilling executor (``vae_tiling._run_tiled`` with ``TileSpill(keep)``),
+    in both directions: (the running tile, the tiles waiting in memory meanwhile).
+
+    A pass keeps its last ``keep`` tiles in memory and the next pass, visiting the tiles in reverse, runs those
+    first; the others are parked in files. So a tile waits in memory only while the previous pass's kept tiles
+    have not had their turn yet, or after it has had its turn among this pass's last ``keep`` — at most
+    ``keep - 1`` at a time, not ``keep``.
+    """
+    turns: list[tuple[int, list[int]]] = []
+    kept = min(keep, n)
+    for forward in (True, False):
+        order = list(range(n)) if forward else list(reversed(range(n)))
+        for j, tile in enumerate(order):
+            previous = order[
+                j + 1 : kept
+            ]  # kept by the previous pass (its last = this pass's first), not yet run
+            this_pass = order[max(0, n - keep) : j]  # run in this pass and kept, not parked
+            turns.append((tile, previous + this_pass))
+    return turns
 
 
 def spill_traffic_bytes(h: int, w: int, tile_size: int, **kwargs: Any) -> int:

@@ -318,9 +318,11 @@ def plan_image(
         sampling.faithful or not high_bit_depth
     )  # the pipeline's 8-bit chain: the decoder writes uint8 codes
     dec_out_bytes = 1 if codes else 4
+    spill_order = bounded and tiling.vae_bounded_stats == "spill"
     dec = estimate_vae_peak_bytes(
-        lh, lw, tiling.vae_decoder_tile_size, part="decoder", out_dtype_bytes=dec_out_bytes, **vae_kw
-    )  # type: ignore[arg-type]
+        lh, lw, tiling.vae_decoder_tile_size, part="decoder", out_dtype_bytes=dec_out_bytes,
+        spill_order=spill_order, **vae_kw,
+    )  # type: ignore[arg-type]  # fmt: skip
     disk = 0
     if bounded and tiling.vae_bounded_stats == "spill":  # the states the exact mode would hold, in files
         exact_kw = dict(vae_kw, mode="exact")
