@@ -55,7 +55,7 @@ def estimate_vae_peak_bytes(
         pad: context margin (default 32 image px / 11 latent px).
         batch: images per call.
         spill_order: the bounded decoder uses the "spill" statistics: count the tiles that wait in memory while
-            one runs from the order the executor visits them (:func:`spill_waiting_areas`) instead of assuming
+            one runs from the order the executor visits them (:func:`spill_waiting`) instead of assuming
             ``live_tiles - 1`` of the biggest size. Measured on the tiny VAE at 2048² (``benchmarks/vae_bounded.py
             --memory --mem-live 1 2 4``) this is still on the safe side; the encoder keeps the simple count, whose
             measured growth per live tile is larger than the order alone explains.
@@ -116,10 +116,10 @@ def spill_waiting(n: int, keep: int) -> list[tuple[int, list[int]]]:
     for forward in (True, False):
         order = list(range(n)) if forward else list(reversed(range(n)))
         for j, tile in enumerate(order):
-            previous = order[
-                j + 1 : kept
-            ]  # kept by the previous pass (its last = this pass's first), not yet run
-            this_pass = order[max(0, n - keep) : j]  # run in this pass and kept, not parked
+            # kept by the previous pass (its last tiles are this pass's first) and not run yet; then the tiles
+            # this pass has run and keeps (its last `keep`), not parked in files
+            previous = order[j + 1 : kept]
+            this_pass = order[max(0, n - keep) : j]
             turns.append((tile, previous + this_pass))
     return turns
 
