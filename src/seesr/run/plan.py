@@ -198,6 +198,7 @@ def precision_hint(seconds: float, *, device_type: str, dtype_bytes: int, dtype_
 
 
 def format_duration(seconds: float) -> str:
+    """Seconds as people read them: "45 s", "12.5 min", "3.1 h"."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
