@@ -130,8 +130,8 @@ def test_plan_prints_without_loading_and_refuses_an_impossible_budget(
 def test_a_long_fp32_cpu_run_mentions_bf16_only_where_the_cpu_has_it(
     tmp_path, fixtures_dir, monkeypatch, caplog, capsys
 ):
-    """One INFO line before loading, when the plan is long, the precision was left to auto and oneDNN reports
-    hardware bf16; never with --dtype given, on a CPU without it, or for a short plan."""
+    """One INFO line before loading, when the plan is long, the precision was left to auto and the CPU has
+    bf16 instructions; never with --dtype given, on a CPU without it, or for a short plan."""
     import logging
 
     import seesr.cli.upscale as up
@@ -157,6 +157,19 @@ def test_a_long_fp32_cpu_run_mentions_bf16_only_where_the_cpu_has_it(
     assert line.startswith("this run is planned at about ") and " in fp32; " in line
     assert hints("--dtype", "fp32", bf16=True) == [] and hints(bf16=False) == []
     assert hints(bf16=True, threshold=1e9) == [] and hints("--dtype", "bf16", bf16=True) == []
+
+
+def test_bf16_instructions_are_read_from_the_cpu_flags_not_from_avx512(monkeypatch):
+    """An AVX-512 CPU without BF16 (Skylake-X) emulates bf16: no hint there. oneDNN's own check says yes to it."""
+    import torch
+
+    from seesr.pipeline.devices import cpu_has_native_bf16
+
+    avx512 = {"avx512_f": True, "avx512_bw": True, "avx512_vl": True, "avx512_dq": True}
+    for extra, want in [({}, False), ({"avx512_bf16": True}, True), ({"amx_bf16": True}, True)]:
+        flags = {"avx512_bf16": False, "amx_bf16": False, **avx512, **extra}
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
+        assert cpu_has_native_bf16() is want
 
 
 def test_the_output_cap_is_the_plan_and_the_user_can_still_set_one(

@@ -89,11 +89,14 @@ def resolve_device_dtype(device: Any = None, dtype: Any = "auto") -> tuple[Any, 
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products in hardware (AVX-512 BF16 or AMX, as oneDNN reports)."""
+    """Whether this CPU has bf16 matrix instructions (x86 AVX-512 BF16 or AMX-BF16, from ``torch.cpu``'s cpuinfo).
+
+    Not oneDNN's ``_is_mkldnn_bf16_supported``: that is true on every AVX-512 CPU, which runs bf16 emulated.
+    """
     import torch
 
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
-    except RuntimeError:
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
         return False
+    found = capabilities()
+    return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
