@@ -78,3 +78,24 @@ def count_flops(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
         name = str(op).split(".")[1] if "." in str(op) else str(op)
         by_op[name] = by_op.get(name, 0) + n
     return counter.get_total_flops(), by_op
+
+
+def flop_rate(fn: Callable[[], object], flop: float, device: torch.device, repeat: int = 5) -> float:
+    """FLOP/s of ``fn`` doing ``flop`` operations: best of ``repeat`` calls after a warm-up (synchronised on CUDA)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return flop / best
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
+    """Measured FLOP/s of an ``n x n x n`` matrix product in ``dtype``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return flop_rate(lambda: a @ b, 2 * n**3, device, repeat)

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CONFIGS, DTYPES, count_flops, timed  # noqa: E402
+from _common import CONFIGS, DTYPES, count_flops, flop_rate, matmul_rate, timed  # noqa: E402
 
 import seesr  # noqa: E402
 from seesr.models.controlnet import SeeSRControlNet  # noqa: E402
@@ -150,31 +150,15 @@ def main() -> None:
         print(f"{name:<20}{params / 1e6:>12.1f}{sec:>10.3f}{mem:>10.0f}{sec / base:>12.2f}")
 
 
-def _rate(fn, flop: float, device: torch.device) -> float:
-    """FLOP/s of ``fn`` (best of 5 after a warm-up)."""
-    fn()
-    best = float("inf")
-    for _ in range(5):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return flop / best
-
-
 def _roofline(run, step_seconds: float, device: torch.device, dtype: torch.dtype) -> None:
     """One step's counted FLOPs against the device's measured matmul and convolution rates."""
     flops, by_op = count_flops(run)
     n = 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    mm = _rate(lambda: a @ b, 2 * n**3, device)
+    mm = matmul_rate(device, dtype, n)
     conv = torch.nn.Conv2d(320, 320, 3, padding=1).to(device, dtype)
     img = torch.randn(2, 320, 64, 64, device=device, dtype=dtype)
     with torch.no_grad():
-        cv = _rate(lambda: conv(img), 2 * 2 * 64 * 64 * 320 * 320 * 9, device)
+        cv = flop_rate(lambda: conv(img), 2 * 2 * 64 * 64 * 320 * 320 * 9, device)
     best = max(mm, cv)
     shares = ", ".join(f"{k} {v / flops:.0%}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1]))
     print(f"\nroofline: {flops / 1e9:.1f} GFLOP per step ({shares})")

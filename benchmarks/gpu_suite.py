@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CONFIGS, DTYPES, count_flops  # noqa: E402
+from _common import CONFIGS, DTYPES, count_flops, matmul_rate  # noqa: E402
 
 SD2_VAE = dict(
     block_out_channels=[128, 256, 512, 512],
@@ -83,11 +83,9 @@ def measure(fn: Callable[[], Any], device: torch.device, repeat: int) -> tuple[f
 
 
 def matmul_peak(device: torch.device, n: int) -> float:
-    """Measured bf16 (fp32 on the CPU) matmul TFLOP/s for an n x n x n product."""
+    """Measured bf16 (fp32 on the CPU) matmul TFLOP/s for an n x n x n product (best of 10)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sec, _ = measure(lambda: a @ b, device, 10)
-    return 2 * n**3 / sec / 1e12
+    return matmul_rate(device, dtype, n, repeat=10) / 1e12
 
 
 def _tokenizer(folder: Path):
